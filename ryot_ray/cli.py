@@ -1,0 +1,122 @@
+"""The `ryot-ray` command: parses arguments and wires the pipeline stages together."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ryot_ray.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ryot-ray", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="one Ray Train run (BitNet or the fp32 reference)")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="run config YAML, e.g. configs/default.yaml")
+    source.add_argument("--resume", metavar="EXPERIMENT", help="continue results/EXPERIMENT")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. train.lr=1e-3 (repeatable)")
+    train.add_argument("--workers", type=int, help="Ray Train workers (CPU processes)")
+    train.add_argument("--name", help="experiment name (default: the config's experiment and a timestamp)")
+    train.add_argument("--results-dir", type=Path, default=Path("results"))
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+
+    bench = commands.add_parser("bench", help="measured speedups, side by side")
+    bench.add_argument("what", choices=["train"], help="train: training tokens/s, BitNet vs reference")
+    bench.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds (A B, B A, ...)")
+    bench.add_argument("--steps", type=int, default=5, help="optimizer steps timed per round")
+    bench.add_argument("--threads", type=int, help="torch threads (default: the config's CPUs per worker)")
+    bench.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    info = commands.add_parser("info", help="CPU features, versions and the Ray cluster")
+    info.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    info.add_argument("--no-ray", action="store_true", help="skip connecting to Ray")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ryot_ray.train.experiment import experiment_dir, resume_config
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"train.workers={args.workers}")
+    if args.resume:
+        directory = experiment_dir(args.results_dir, args.resume, resume=True)
+        config = resume_config(directory, overrides)
+    else:
+        config = load_config(args.config, overrides)
+        name = args.name or f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        directory = experiment_dir(args.results_dir, name, resume=False)
+
+    from ryot_ray.cluster import connect
+    from ryot_ray.train.run import run_training
+
+    dashboard = connect(args.address)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}")
+    print(f"experiment {directory.name}: {config.model.quantization} {config.model.preset}, "
+          f"{config.train.workers} worker(s), {config.train.epochs} epoch(s) -> {directory}")
+    outcome = run_training(config, directory)
+    for epoch in outcome.report["epochs"]:
+        print(f"epoch {epoch['epoch']}: train loss {epoch['train_loss']:.4f}"
+              + (f", val loss {epoch['val_loss']:.4f}, val accuracy {epoch['accuracy']:.3f}" if "val_loss" in epoch else "")
+              + f", {epoch['tokens_per_s']:.0f} tokens/s")
+    test = outcome.report["test"]
+    if test:
+        by_family = ", ".join(f"{f} {a:.3f}" for f, a in test["test_accuracy_by_family"].items())
+        print(f"test exact match {test['test_accuracy']:.3f} ({by_family})")
+    print(f"report: {outcome.report_path}")
+    if outcome.status == "diverged":
+        last = outcome.report["epochs"][-1]
+        print(f"training stopped at epoch {last['epoch']}, step {last['step']}: the loss is not finite; "
+              f"last good checkpoint: {outcome.checkpoint or 'none'}", file=sys.stderr)
+        return 1
+    print(f"checkpoint: {outcome.checkpoint}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ryot_ray.bench.train import bench_train, table
+    from ryot_ray.train.checkpoint import write_json_atomic
+
+    config = load_config(args.config, args.overrides)
+    if args.rounds < 1 or args.steps < 1:
+        raise ConfigError("--rounds and --steps must be at least 1")
+    result = bench_train(config, rounds=args.rounds, steps=args.steps, threads=args.threads)
+    path = args.results_dir / "bench" / f"{args.what}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_json_atomic(path, result)
+    print(table(result))
+    print(f"saved: {path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ryot_ray.machine import machine_facts
+
+    facts = machine_facts()
+    if not args.no_ray:
+        from ryot_ray.cluster import cluster_resources, connect
+
+        connect(args.address)
+        facts["ray_cluster"] = cluster_resources()
+    print(json.dumps(facts, indent=2))
+    return 0
+
+
+COMMANDS = {"train": _train, "bench": _bench, "info": _info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        print(f"ryot-ray: error: {error}", file=sys.stderr)
+        return 2

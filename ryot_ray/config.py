@@ -1,0 +1,231 @@
+"""Typed run configuration, loaded from YAML and checked before Ray starts.
+
+Every field is declared once, here, with its type and its allowed values (in the field
+metadata). Loading walks the dataclasses, so an unknown key, a wrong type or a value out
+of range is reported as one line that names the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded as the one line the user sees."""
+
+
+def _choices(*allowed: Any) -> dict:
+    return {"choices": allowed}
+
+
+def _at_least(minimum: float) -> dict:
+    return {"min": minimum}
+
+
+def _between(minimum: float, maximum: float) -> dict:
+    return {"min": minimum, "max": maximum}
+
+
+TASK_FAMILIES = ("add", "mul", "sort", "reverse")
+LOCAL_CORPUS_SUFFIXES = (".txt", ".json", ".jsonl")
+MAX_DIFFICULTY = 4
+
+
+@dataclass
+class CorpusConfig:
+    """A text corpus for language-model training: a hub dataset name or a local file."""
+
+    path: str  # hub name (e.g. "wikitext") or a local .txt / .json / .jsonl file
+    name: str | None = None  # hub configuration, e.g. "wikitext-2-raw-v1"
+    split: str = "train"
+    text_field: str = "text"
+    block_size: int = field(default=128, metadata=_at_least(8))
+    max_blocks: int = field(default=1000, metadata=_at_least(1))
+
+
+@dataclass
+class DataConfig:
+    families: list[str] = field(
+        default_factory=lambda: list(TASK_FAMILIES), metadata=_choices(*TASK_FAMILIES)
+    )
+    difficulties: list[int] = field(
+        default_factory=lambda: [1, 2, 3], metadata=_between(1, MAX_DIFFICULTY)
+    )
+    train_per_level: int = field(default=2000, metadata=_at_least(1))
+    eval_per_level: int = field(default=64, metadata=_at_least(1))
+    scratchpad: bool = True  # worked solution before the answer
+    corpus: CorpusConfig | None = None
+
+
+@dataclass
+class ModelConfig:
+    preset: str = field(default="small", metadata=_choices("tiny", "small", "1b"))
+    # bitnet: every decoder linear is a BitLinear (b1.58 QAT); none: the fp32 reference.
+    quantization: str = field(default="bitnet", metadata=_choices("bitnet", "none"))
+    # A Llama checkpoint to start from: a local directory, or a hub name for users online.
+    pretrained: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Training budget and the b1.58 two-stage schedule.
+
+    Stage 1 (first half of the steps): linear warm-up to `lr`, then `lr` held, with
+    weight decay `weight_decay`. Stage 2 (second half): the learning rate drops to
+    `lr_stage2` and follows a cosine to zero; weight decay is 0.
+    """
+
+    workers: int = field(default=2, metadata=_at_least(1))
+    cpus_per_worker: int = field(default=1, metadata=_at_least(1))
+    epochs: int = field(default=8, metadata=_at_least(1))
+    batch_size: int = field(default=32, metadata=_at_least(1))  # per worker, per micro-step
+    grad_accum: int = field(default=1, metadata=_at_least(1))
+    lr: float = field(default=1.5e-3, metadata=_at_least(0.0))
+    lr_stage2: float = field(default=1e-3, metadata=_at_least(0.0))
+    weight_decay: float = field(default=0.1, metadata=_at_least(0.0))
+    warmup_steps: int = field(default=100, metadata=_at_least(0))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = field(default=1.0, metadata=_at_least(0.0))  # 0 turns clipping off
+    bf16: bool = False  # bf16 autocast on CPU
+    max_failures: int = field(default=2, metadata=_at_least(-1))  # worker restarts; -1: no limit
+    spike_factor: float = field(default=3.0, metadata=_at_least(1.0))  # anomaly threshold
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = field(default=64, metadata=_at_least(1))
+
+
+@dataclass
+class Config:
+    experiment: str = "default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> Config:
+        return _build(cls, data, source, "")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config and apply `key.path=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    for override in overrides:
+        _apply_override(data, override)
+    config = Config.from_dict(data, str(path))
+    _check_local_paths(config, path)
+    return config
+
+
+def _check_local_paths(config: Config, source: Path) -> None:
+    """Local files named by the config exist (hub names are left to the hub)."""
+    pretrained = config.model.pretrained
+    if pretrained and pretrained.startswith(("/", ".", "~")) and not Path(pretrained).expanduser().is_dir():
+        raise ConfigError(f"{source}: model.pretrained: no checkpoint directory {pretrained}")
+    corpus = config.data.corpus
+    if corpus and Path(corpus.path).suffix in LOCAL_CORPUS_SUFFIXES and not Path(corpus.path).is_file():
+        raise ConfigError(f"{source}: data.corpus.path: no such file {corpus.path}")
+
+
+def _apply_override(data: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {override}: expected key.path=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {override}: {part} is not a section")
+    node[leaf] = value
+
+
+def _build(cls: type, data: Any, source: str, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]} (allowed: {', '.join(fields)})"
+        )
+    values = {}
+    for name, value in data.items():
+        key = prefix + name
+        values[name] = _check(hints[name], value, source, key, fields[name].metadata)
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{source}: missing key {prefix}{missing[0]}")
+    return cls(**values)
+
+
+def _check(hint: Any, value: Any, source: str, key: str, meta: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _check(hint, value, source, key, meta)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, key + ".")
+    if origin is list:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{source}: {key}: expected a non-empty list, got {value!r}")
+        return [_check(args[0], item, source, f"{key}[{i}]", meta) for i, item in enumerate(value)]
+    value = _coerce(hint, value, source, key)
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(map(str, meta["choices"]))
+        raise ConfigError(f"{source}: {key}: {value!r} is not one of {allowed}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{source}: {key}: {value!r} is below the minimum {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{source}: {key}: {value!r} is above the maximum {meta['max']}")
+    return value
+
+
+def _coerce(hint: type, value: Any, source: str, key: str) -> Any:
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{source}: {key}: expected {hint.__name__}, got {value!r}")

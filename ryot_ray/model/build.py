@@ -1,0 +1,68 @@
+"""Build the causal LM a config asks for: a Llama from `transformers`, then its linears.
+
+The `quantization` knob picks the linear layer when the model is built: `bitnet` turns
+every linear inside the decoder blocks into a `BitLinear`; `none` keeps `nn.Linear`, the
+full-precision reference of the same architecture. Embeddings and `lm_head` stay fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from ryot_ray.config import ModelConfig
+from ryot_ray.model.bitlinear import BitLinear
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
+    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256),
+    # TinyLlama-1.1B shapes; the 32000-token vocabulary keeps lm_head at its real size.
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+               num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+               vocab_size=32000),
+}
+
+
+def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    shape = dict(PRESETS[preset])
+    vocab_size = max(shape.pop("vocab_size", 0), len(tokenizer))
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **shape,
+    )
+
+
+def to_bitnet(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """Swap every nn.Linear inside the decoder blocks for a BitLinear with the same weights."""
+    for module in list(model.model.layers.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:
+                setattr(module, name, BitLinear.from_linear(child))
+    return model
+
+
+LINEAR_BUILDERS: dict[str, Callable[[LlamaForCausalLM], LlamaForCausalLM]] = {
+    "bitnet": to_bitnet,
+    "none": lambda model: model,
+}
+
+
+def build_model(
+    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, llama: LlamaConfig | None = None
+) -> LlamaForCausalLM:
+    """A fresh model at a preset, the given Llama config, or `config.pretrained`'s weights."""
+    if llama is not None:
+        model = LlamaForCausalLM(llama)
+    elif config.pretrained:
+        model = LlamaForCausalLM.from_pretrained(config.pretrained, dtype="float32")
+    else:
+        model = LlamaForCausalLM(llama_config(config.preset, tokenizer))
+    return LINEAR_BUILDERS[config.quantization](model)

@@ -1,0 +1,155 @@
+"""Checkpoints: safetensors weights and optimizer state, JSON for everything else.
+
+A checkpoint directory holds `model.safetensors`, `optimizer.safetensors` (optional),
+`state.json` (run config, Llama config, progress and history) and the tokenizer files.
+Loading reads tensors and JSON only; nothing is unpickled. Directories and reports are
+written next to their destination and renamed into place, so a reader never sees half
+of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from ryot_ray.config import Config
+from ryot_ray.data.tokenizer import load_tokenizer
+from ryot_ray.model.build import build_model
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated or not one of ours."""
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    status: str = "running"  # running | finished | diverged
+    history: list[dict] = field(default_factory=list)  # one record per completed epoch
+    anomalies: list[dict] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)  # facts of the rank-0 worker
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_directory(destination: Path):
+    """Yield a temporary sibling directory; on success it replaces `destination`."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}."))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = destination.with_name(f".{destination.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if destination.exists():
+        destination.rename(old)
+    tmp.rename(destination)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(
+    directory: Path,
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    config: Config,
+    state: TrainingState,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / MODEL_FILE))
+    tokenizer.save_pretrained(directory)
+    param_groups = None
+    if optimizer is not None:
+        tensors, param_groups = _flatten_optimizer(optimizer)
+        save_file(tensors, str(directory / OPTIMIZER_FILE))
+    record = {
+        "config": config.to_dict(),
+        "llama_config": model.config.to_dict(),
+        "state": asdict(state),
+        "optimizer_param_groups": param_groups,
+    }
+    write_json_atomic(directory / STATE_FILE, record)
+
+
+def read_checkpoint_record(directory: Path) -> dict:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; {directory} is not a ryot-ray checkpoint")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+
+
+def load_checkpoint(directory: Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, Config, TrainingState]:
+    """The model (in eval mode), its tokenizer, its run config and its training state."""
+    directory = Path(directory)
+    record = read_checkpoint_record(directory)
+    config = Config.from_dict(record["config"], str(directory / STATE_FILE))
+    tokenizer = load_tokenizer(str(directory))
+    llama = LlamaConfig.from_dict(record["llama_config"])
+    model = build_model(config.model, tokenizer, llama=llama)
+    load_weights(directory, model)
+    return model.eval(), tokenizer, config, TrainingState(**record["state"])
+
+
+def load_weights(directory: Path, model: torch.nn.Module) -> None:
+    path = Path(directory) / MODEL_FILE
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"{path}: cannot be read ({error})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not match the model (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+
+
+def load_optimizer(directory: Path, optimizer: torch.optim.Optimizer) -> None:
+    path = Path(directory) / OPTIMIZER_FILE
+    record = read_checkpoint_record(directory)
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"{path}: cannot be read ({error})") from None
+    state: dict[int, dict] = {}
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": record["optimizer_param_groups"]})
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    state_dict = optimizer.state_dict()
+    tensors = {
+        f"{index}.{name}": value.contiguous()
+        for index, values in state_dict["state"].items()
+        for name, value in values.items()
+    }
+    return tensors, state_dict["param_groups"]

@@ -1,0 +1,90 @@
+"""Run one Ray Train job and write its training report and final checkpoint.
+
+Layout of `results/<experiment>/`: `config.yaml` (what was asked, for `--resume`),
+`ray/` (Ray Train's run storage with every epoch's checkpoint), `checkpoint/` (the
+latest good checkpoint) and `training_metrics_report.json`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ryot_ray.config import Config
+from ryot_ray.machine import machine_facts
+from ryot_ray.train.experiment import CONFIG_FILE
+from ryot_ray.train.checkpoint import TrainingState, atomic_directory, read_checkpoint_record, write_json_atomic
+from ryot_ray.train.loop import train_loop_per_worker
+
+REPORT_FILE = "training_metrics_report.json"
+RUN_NAME = "train"
+
+
+@dataclass
+class TrainingOutcome:
+    status: str  # finished | diverged
+    report_path: Path
+    checkpoint: Path | None
+    report: dict
+
+
+def run_training(config: Config, directory: Path) -> TrainingOutcome:
+    """Train (resuming from `directory/ray` when it holds this run) and report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=config.train.workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": config.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(directory / "ray"),
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+        ),
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    wall_time = time.perf_counter() - start
+    if result.error:
+        raise result.error
+
+    history: list[dict] = []
+    state = TrainingState()
+    checkpoint_dir = None
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as source:
+            state = TrainingState(**read_checkpoint_record(Path(source))["state"])
+            checkpoint_dir = directory / "checkpoint"
+            with atomic_directory(checkpoint_dir) as target:
+                shutil.copytree(source, target, dirs_exist_ok=True)
+        history = list(state.history)
+    status = result.metrics.get("status", "ok") if result.metrics else "ok"
+    if status == "diverged":
+        history.append(result.metrics)
+    report = {
+        "experiment": directory.name,
+        "status": "diverged" if status == "diverged" else "finished",
+        "wall_time_s": wall_time,
+        "workers": config.train.workers,
+        "cpus_per_worker": config.train.cpus_per_worker,
+        "seed": config.seed,
+        "config": config.to_dict(),
+        "machine": state.machine or machine_facts(),
+        "epochs": history,
+        "test": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("test_")},
+        "anomalies": state.anomalies,
+        "checkpoint": str(checkpoint_dir) if checkpoint_dir else None,
+    }
+    report_path = directory / REPORT_FILE
+    write_json_atomic(report_path, report)
+    return TrainingOutcome(report["status"], report_path, checkpoint_dir, report)

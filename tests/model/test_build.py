@@ -1,0 +1,64 @@
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM
+
+from ryot_ray.config import ModelConfig
+from ryot_ray.model.bitlinear import BitLinear
+from ryot_ray.model.build import PRESETS, build_model, llama_config
+
+
+def linears(model):
+    return {name: type(m) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def test_bitnet_converts_every_decoder_linear(tokenizer):
+    model = build_model(ModelConfig(preset="tiny", quantization="bitnet"), tokenizer)
+    kinds = linears(model)
+    decoder = {n: k for n, k in kinds.items() if n.startswith("model.layers.")}
+    assert len(decoder) == 7 * PRESETS["tiny"]["num_hidden_layers"]
+    assert set(decoder.values()) == {BitLinear}
+    assert kinds["lm_head"] is nn.Linear
+    assert type(model.model.embed_tokens) is nn.Embedding
+
+
+def test_reference_keeps_full_precision_linears(tokenizer):
+    model = build_model(ModelConfig(preset="tiny", quantization="none"), tokenizer)
+    assert set(linears(model).values()) == {nn.Linear}
+
+
+def test_same_seed_same_weights_for_both_kinds(tokenizer):
+    torch.manual_seed(0)
+    bitnet = build_model(ModelConfig(preset="tiny"), tokenizer)
+    torch.manual_seed(0)
+    reference = build_model(ModelConfig(preset="tiny", quantization="none"), tokenizer)
+    q = bitnet.model.layers[0].self_attn.q_proj
+    assert torch.equal(q.weight, reference.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_1b_preset_has_tinyllama_shapes(tokenizer):
+    config = llama_config("1b", tokenizer)
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (2048, 5632, 22)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (32, 4, 32000)
+
+
+def test_pretrained_checkpoint_converts_and_keeps_its_weights(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    source = LlamaForCausalLM(llama_config("tiny", tokenizer))
+    source.save_pretrained(tmp_path)
+    model = build_model(ModelConfig(pretrained=str(tmp_path), quantization="bitnet"), tokenizer)
+    converted = model.model.layers[1].mlp.down_proj
+    assert isinstance(converted, BitLinear)
+    assert torch.equal(converted.weight, source.model.layers[1].mlp.down_proj.weight)
+    assert torch.equal(model.lm_head.weight, source.lm_head.weight)
+    # and it keeps training: a few AdamW steps lower the loss on a fixed batch
+    batch = tokenizer(["12+34|>46"] * 4, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5

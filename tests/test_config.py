@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import pytest
+
+from ryot_ray.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(REPO / "configs" / name)
+    assert isinstance(config, Config)
+
+
+def test_values_and_overrides_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  epochs: 3\nmodel:\n  preset: tiny\n")
+    config = load_config(path, ["train.batch_size=7", "train.lr=2e-4", "data.scratchpad=false"])
+    assert config.train.lr == pytest.approx(2e-4)
+    assert config.train.epochs == 3 and config.train.batch_size == 7
+    assert config.data.scratchpad is False
+    assert config.model.preset == "tiny"
+    assert Config.from_dict(config.to_dict()) == config
+
+
+def test_corpus_section_builds_nested_dataclass(tmp_path):
+    text = tmp_path / "x.txt"
+    text.write_text("some text\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data:\n  corpus:\n    path: {text}\n    block_size: 32\n")
+    corpus = load_config(path).data.corpus
+    assert corpus.path == str(text) and corpus.block_size == 32 and corpus.split == "train"
+
+
+BAD_INPUTS = [
+    ("model:\n  preset: huge\n", "model.preset: 'huge' is not one of tiny, small, 1b"),
+    ("train:\n  epochs: zero\n", "train.epochs: expected int, got 'zero'"),
+    ("train:\n  epochs: 0\n", "train.epochs: 0 is below the minimum 1"),
+    ("train:\n  epoch: 3\n", "unknown key train.epoch"),
+    ("trian:\n  epochs: 3\n", "unknown key trian"),
+    ("data:\n  families: []\n", "data.families: expected a non-empty list"),
+    ("data:\n  families: [add, divide]\n", "data.families[1]: 'divide' is not one of"),
+    ("data:\n  difficulties: [1, 9]\n", "data.difficulties[1]: 9 is above the maximum 4"),
+    ("data:\n  corpus:\n    name: x\n", "missing key data.corpus.path"),
+    ("train:\n  bf16: 1\n", "train.bf16: expected bool, got 1"),
+    ("train: [1, 2]\n", "train: expected a mapping"),
+    ("- 1\n- 2\n", "expected a mapping of keys at the top"),
+    ("train:\n  epochs: [\n", "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_INPUTS)
+def test_bad_config_names_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert message in str(error.value)
+    assert str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_local_paths_are_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model:\n  pretrained: {tmp_path}/absent\n")
+    with pytest.raises(ConfigError, match="model.pretrained: no checkpoint directory"):
+        load_config(path)
+    path.write_text(f"data:\n  corpus:\n    path: {tmp_path}/absent.txt\n")
+    with pytest.raises(ConfigError, match="data.corpus.path: no such file"):
+        load_config(path)
+    path.write_text("model:\n  pretrained: TinyLlama/TinyLlama-1.1B-Chat-v1.0\n")
+    assert load_config(path).model.pretrained.startswith("TinyLlama/")  # a hub name, for users online
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs", "expected key.path=value"),
+    ("train.epochs=-1", "below the minimum"),
+    ("train.nope=1", "unknown key train.nope"),
+    ("seed.x=1", "seed is not a section"),
+])
+def test_bad_override(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "configs" / "smoke.yaml", [override])

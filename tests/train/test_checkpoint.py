@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+
+from ryot_ray.config import ModelConfig
+from ryot_ray.model.build import build_model
+from ryot_ray.train.checkpoint import (
+    CheckpointError, TrainingState, atomic_directory, load_checkpoint, load_optimizer,
+    read_checkpoint_record, save_checkpoint, write_json_atomic,
+)
+from ryot_ray.train.loop import build_optimizer
+
+
+@pytest.fixture
+def trained(smoke_config, tokenizer):
+    torch.manual_seed(0)
+    model = build_model(smoke_config.model, tokenizer)
+    optimizer = build_optimizer(model, smoke_config)
+    batch = tokenizer(["12+3|>15"] * 2, return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_round_trip_restores_model_optimizer_and_state(tmp_path, trained, smoke_config, tokenizer):
+    model, optimizer = trained
+    state = TrainingState(epoch=2, step=40, status="finished", history=[{"epoch": 1}, {"epoch": 2}])
+    save_checkpoint(tmp_path, model, tokenizer, smoke_config, state, optimizer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.safetensors", "optimizer.safetensors", "state.json", "tokenizer.json", "tokenizer_config.json",
+    ]
+    loaded, loaded_tokenizer, config, loaded_state = load_checkpoint(tmp_path)
+    assert config == smoke_config and loaded_state == state
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    batch = tokenizer(["7+8|"], return_tensors="pt")
+    assert loaded_tokenizer("7+8|")["input_ids"] == batch["input_ids"][0].tolist()
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**batch).logits, loaded(**batch).logits)
+
+    fresh = build_optimizer(build_model(smoke_config.model, tokenizer), smoke_config)
+    load_optimizer(tmp_path, fresh)
+    originals = [p for group in optimizer.param_groups for p in group["params"]]
+    restored = [p for group in fresh.param_groups for p in group["params"]]
+    for original, again in zip(originals, restored):
+        a, b = optimizer.state[original], fresh.state[again]
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+        assert a["step"] == b["step"]
+    assert [g["lr"] for g in fresh.param_groups] == [g["lr"] for g in optimizer.param_groups]
+
+
+def test_truncated_weights_name_the_file(tmp_path, trained, smoke_config, tokenizer):
+    model, _ = trained
+    save_checkpoint(tmp_path, model, tokenizer, smoke_config, TrainingState())
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot be read"):
+        load_checkpoint(tmp_path)
+
+
+def test_weights_of_another_model_are_refused(tmp_path, trained, smoke_config, tokenizer):
+    model, _ = trained
+    save_checkpoint(tmp_path, model, tokenizer, smoke_config, TrainingState())
+    record = read_checkpoint_record(tmp_path)
+    record["config"]["model"]["quantization"] = "none"  # a model without BitLinear norms
+    (tmp_path / "state.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        load_checkpoint(tmp_path)
+
+
+def test_missing_or_broken_state(tmp_path):
+    with pytest.raises(CheckpointError, match="state.json: missing"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="state.json: not valid JSON"):
+        read_checkpoint_record(tmp_path)
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    target = tmp_path / "checkpoint"
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as staging:
+            (staging / "a.txt").write_text("half-written")
+            raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text() == "one"
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("two")
+    assert (target / "a.txt").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no temp or old copies left
+
+
+def test_write_json_atomic(tmp_path):
+    path = tmp_path / "deep" / "report.json"
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]
+
+
+def test_model_config_round_trip_of_reference(tmp_path, smoke_config, tokenizer):
+    smoke_config.model = ModelConfig(preset="tiny", quantization="none")
+    model = build_model(smoke_config.model, tokenizer)
+    save_checkpoint(tmp_path, model, tokenizer, smoke_config, TrainingState())
+    loaded, *_ = load_checkpoint(tmp_path)
+    assert not any("norm" in n and "proj" in n for n, _ in loaded.named_parameters())

@@ -1,0 +1,72 @@
+"""The training loop run in this process (Ray Train local mode: no cluster, same APIs)."""
+
+import math
+
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ryot_ray.config import Config
+from ryot_ray.train.checkpoint import TrainingState
+from ryot_ray.train.loop import EpochStats, _flag_anomalies, build_optimizer, train_loop_per_worker, worker_threads
+
+
+def run_in_process(config: Config) -> dict:
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=config.to_dict(),
+                           scaling_config=ScalingConfig(num_workers=0))
+    return trainer.fit().metrics
+
+
+def test_loop_learns_and_reports_every_metric(smoke_config):
+    smoke_config.train.epochs = 3
+    smoke_config.data.families = ["reverse"]
+    metrics = run_in_process(smoke_config)
+    assert metrics["epoch"] == 3 and metrics["status"] == "ok"
+    assert metrics["step"] == 3 * math.ceil(200 / 16)
+    assert metrics["train_loss"] < 0.75 * math.log(101)  # ln(vocabulary) at random init
+    assert metrics["val_loss"] < metrics["train_loss"] + 0.5
+    for key in ("tokens_per_s", "step_time_mean_s", "step_time_max_s", "peak_rss_mb", "epoch_time_s"):
+        assert metrics[key] > 0, key
+    assert metrics["step_time_max_s"] >= metrics["step_time_mean_s"]
+    assert set(metrics["accuracy_by_level"]) == {"reverse:1"}
+    assert metrics["test_problems"] > 0 and 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_non_finite_loss_stops_with_diverged_status(smoke_config):
+    smoke_config.model.quantization = "none"
+    smoke_config.train.lr = 1e30
+    smoke_config.train.warmup_steps = 0
+    smoke_config.train.grad_clip = 0.0
+    metrics = run_in_process(smoke_config)
+    assert metrics["status"] == "diverged"
+    assert metrics["epoch"] == 1 and metrics["step"] < math.ceil(200 / 16)
+    assert math.isnan(metrics["train_loss"]) or not math.isfinite(metrics["train_loss"])
+
+
+def test_anomalies_flag_spikes_against_recent_median():
+    state, stats = TrainingState(), EpochStats()
+    stats.losses = [1.0] * 20
+    stats.step_times = [0.1] * 20
+    _flag_anomalies(state, stats, loss=1.5, seconds=0.1, factor=3.0)
+    assert state.anomalies == []
+    _flag_anomalies(state, stats, loss=4.0, seconds=0.5, factor=3.0)
+    assert [a["kind"] for a in state.anomalies] == ["loss_spike", "slow_step"]
+    assert state.anomalies[0]["median"] == 1.0
+
+
+def test_threads_follow_the_cpus_ray_assigned(monkeypatch, smoke_config):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_threads(smoke_config) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    smoke_config.train.cpus_per_worker = 2
+    assert worker_threads(smoke_config) == 2
+
+
+def test_weight_decay_only_on_matrices(smoke_config, tokenizer):
+    from ryot_ray.model.build import build_model
+
+    model = build_model(smoke_config.model, tokenizer)
+    decay, other = build_optimizer(model, smoke_config).param_groups
+    assert decay["decay"] and not other["decay"]
+    assert all(p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in other["params"])
+    assert sum(p.numel() for g in (decay, other) for p in g["params"]) == sum(
+        p.numel() for p in model.parameters())
