@@ -27,13 +27,28 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
 
     bench = commands.add_parser("bench", help="measured speedups, side by side")
-    bench.add_argument("what", choices=["train"], help="train: training tokens/s, BitNet vs reference")
-    bench.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
-    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds (A B, B A, ...)")
-    bench.add_argument("--steps", type=int, default=5, help="optimizer steps timed per round")
-    bench.add_argument("--threads", type=int, help="torch threads (default: the config's CPUs per worker)")
-    bench.add_argument("--results-dir", type=Path, default=Path("results"))
+    benches = bench.add_subparsers(dest="what", required=True)
+    train_bench = benches.add_parser("train", help="training tokens/s, BitNet vs the fp32 reference")
+    train_bench.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    train_bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train_bench.add_argument("--steps", type=int, default=5, help="optimizer steps timed per round")
+    kernels = benches.add_parser("kernels", help="linear kernels: fp32, bf16, torch int8, ternary")
+    kernels.add_argument("--shapes", type=_shapes, default=None, metavar="KxN,...",
+                         help="weight shapes (default: 2048x2048,2048x5632,5632x2048,4096x11008)")
+    kernels.add_argument("--tokens", type=_integers, default=None, metavar="M,...",
+                         help="tokens per call (default: 1,16,64,256)")
+    kernels.add_argument("--calls", type=int, default=5, help="calls per path per round")
+    kernels.add_argument("--rows-per-tile", type=int, default=2, help="16-row groups per kernel tile")
+    kernels.add_argument("--tokens-per-tile", type=int, default=8, help="tokens per micro-tile when M > 1")
+    decode = benches.add_parser("decode", help="whole-model decode: fp32 reference, transformers, ternary")
+    decode.add_argument("--size", choices=["tiny", "small", "1b"], default="small", help="model preset")
+    decode.add_argument("--prompt-tokens", type=int, default=32)
+    decode.add_argument("--new-tokens", type=int, default=32)
+    decode.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS processes")
+    for parser_ in (train_bench, kernels, decode):
+        parser_.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+        parser_.add_argument("--threads", type=int, help="torch and kernel threads")
+        parser_.add_argument("--results-dir", type=Path, default=Path("results"))
 
     info = commands.add_parser("info", help="CPU features, versions and the Ray cluster")
     info.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
@@ -82,14 +97,45 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shapes(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in item.lower().split("x", 1)) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected shapes like 2048x5632,4096x11008, got {text!r}") from None
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,16,64, got {text!r}") from None
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from ryot_ray.bench.train import bench_train, table
     from ryot_ray.train.checkpoint import write_json_atomic
 
-    config = load_config(args.config, args.overrides)
-    if args.rounds < 1 or args.steps < 1:
-        raise ConfigError("--rounds and --steps must be at least 1")
-    result = bench_train(config, rounds=args.rounds, steps=args.steps, threads=args.threads)
+    if args.rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
+    if args.what == "train":
+        from ryot_ray.bench.train import bench_train, table
+
+        config = load_config(args.config, args.overrides)
+        if args.steps < 1:
+            raise ConfigError("--steps must be at least 1")
+        result = bench_train(config, rounds=args.rounds, steps=args.steps, threads=args.threads)
+    elif args.what == "decode":
+        from ryot_ray.bench.decode import bench_decode, table
+
+        if args.prompt_tokens < 1 or args.new_tokens < 2:
+            raise ConfigError("--prompt-tokens must be at least 1 and --new-tokens at least 2")
+        result = bench_decode(args.size, rounds=args.rounds, prompt_tokens=args.prompt_tokens,
+                              new_tokens=args.new_tokens, threads=args.threads, memory=not args.no_memory)
+    else:
+        from ryot_ray.bench.kernels import SHAPES, TOKENS, bench_kernels, table
+
+        result = bench_kernels(args.shapes or SHAPES, args.tokens or TOKENS, rounds=args.rounds,
+                               calls=args.calls, rows_per_tile=args.rows_per_tile,
+                               tokens_per_tile=args.tokens_per_tile, threads=args.threads)
     path = args.results_dir / "bench" / f"{args.what}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json_atomic(path, result)
     print(table(result))
@@ -100,7 +146,10 @@ def _bench(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from ryot_ray.machine import machine_facts
 
+    from ryot_ray.kernels.ternary import kernel_path, native_isas
+
     facts = machine_facts()
+    facts["ternary_kernel"] = {**vars(kernel_path()), "available_isas": native_isas()}
     if not args.no_ray:
         from ryot_ray.cluster import cluster_resources, connect
 

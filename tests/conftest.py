@@ -32,3 +32,35 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A tiny BitNet model trained in this process for a few epochs on `reverse`, saved."""
+    import math
+    from functools import partial
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ryot_ray.data.examples import collate, training_examples
+    from ryot_ray.model.build import build_model
+    from ryot_ray.train.checkpoint import TrainingState, save_checkpoint
+    from ryot_ray.train.loop import build_optimizer, train_epoch
+
+    config = load_config(SMOKE, ["data.families=[reverse]", "train.epochs=4", "data.train_per_level=400"])
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, tokenizer)
+    optimizer = build_optimizer(model, config)
+    examples = training_examples(config.data, tokenizer, config.seed)
+    loader = DataLoader(examples, batch_size=config.train.batch_size, shuffle=True,
+                        collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
+    state = TrainingState()
+    total = config.train.epochs * math.ceil(len(loader))
+    for _ in range(config.train.epochs):
+        train_epoch(model, loader, optimizer, state, total, config)
+        state.epoch += 1
+    directory = tmp_path_factory.mktemp("trained")
+    save_checkpoint(directory, model, tokenizer, config, state, optimizer)
+    return directory

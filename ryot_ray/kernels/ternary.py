@@ -47,14 +47,25 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     library.ryot_ternary_linear.restype = c.c_int
     library.ryot_ternary_linear.argtypes = [
         c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_int64, c.c_int64,
-        c.c_float, c.c_int, c.c_int, c.c_void_p,
+        c.c_float, c.c_int, c.c_int, c.c_void_p, c.c_void_p, c.c_float,
     ]
     library.ryot_ternary_accumulate.restype = c.c_int
     library.ryot_ternary_accumulate.argtypes = [
         c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_int64, c.c_int64,
         c.c_int, c.c_int, c.c_void_p,
     ]
+    library.ryot_read_bytes.restype = c.c_uint64
+    library.ryot_read_bytes.argtypes = [c.c_void_p, c.c_int64, c.c_int]
     return library, spec.origin
+
+
+def read_bytes(data: torch.Tensor, threads: int | None = None) -> int:
+    """Read every byte of `data` once (the read roofline); returns a checksum."""
+    library, detail = _library()
+    if library is None:
+        raise RuntimeError(detail)
+    usable = data.numel() * data.element_size() // 256 * 256
+    return library.ryot_read_bytes(data.data_ptr(), usable, threads or torch.get_num_threads())
 
 
 def native_isas() -> list[str]:
@@ -72,10 +83,14 @@ def kernel_path() -> KernelPath:
     return KernelPath("native", isa, f"{detail}; best ISA on this CPU: {isa} (flags: {flags})")
 
 
+@functools.cache
+def _best_isa_number() -> int:
+    return _library()[0].ryot_best_isa()
+
+
 def _isa_number(isa: str | None) -> int:
-    library, _ = _library()
     if isa is None:
-        return library.ryot_best_isa()
+        return _best_isa_number()
     if isa not in native_isas():
         raise ValueError(f"ISA path {isa} is not available on this CPU (available: {', '.join(native_isas())})")
     return ISAS.index(isa)
@@ -90,14 +105,20 @@ def _check_tile(packed: PackedTernary, tokens_per_tile: int) -> None:
 
 def native_linear(
     x: torch.Tensor, packed: PackedTernary, tokens_per_tile: int = 1,
-    isa: str | None = None, threads: int | None = None,
+    isa: str | None = None, threads: int | None = None, norm: tuple[torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
-    """y = x W^T for 2-D fp32 `x` [M, K]; activations quantized to int8 inside the call."""
+    """y = x W^T for 2-D fp32 `x` [M, K]; activations quantized to int8 inside the call.
+
+    With `norm` = (weight, eps) from `fused_norm`, the RMSNorm runs inside the call too:
+    one call instead of a chain of small torch ops that cost more than the matmul itself
+    at decode sizes.
+    """
     library, detail = _library()
     if library is None:
         raise RuntimeError(detail)
     _check_tile(packed, tokens_per_tile)
-    x = x.contiguous().float()
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.contiguous().float()
     m, k = x.shape
     if k != packed.in_features:
         raise ValueError(f"input has {k} features, the weight expects {packed.in_features}")
@@ -105,10 +126,19 @@ def native_linear(
     status = library.ryot_ternary_linear(
         x.data_ptr(), m, k, packed.data.data_ptr(), packed.out_features, packed.rows_per_tile,
         tokens_per_tile, packed.scale, _isa_number(isa), threads or torch.get_num_threads(), y.data_ptr(),
+        None if norm is None else norm[0].data_ptr(), 0.0 if norm is None else norm[1],
     )
     if status != 0:
         raise RuntimeError(f"ternary kernel failed with status {status}")
     return y
+
+
+def fused_norm(norm: torch.nn.RMSNorm) -> tuple[torch.Tensor, float]:
+    """(weight, eps) of an RMSNorm, checked once, for `native_linear(norm=...)`."""
+    if norm.weight is None:
+        raise ValueError("the fused RMSNorm needs an elementwise weight")
+    eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
+    return norm.weight.detach().float().contiguous(), float(eps)
 
 
 def native_accumulate(

@@ -87,6 +87,7 @@ def test_torch_fallback_is_exact_too():
 def test_missing_library_falls_back_visibly(monkeypatch):
     monkeypatch.setattr(ternary, "LIBRARY_MODULE", "ryot_ray.kernels._absent")
     ternary._library.cache_clear()
+    ternary._best_isa_number.cache_clear()
     try:
         path = kernel_path()
         assert path.name == "torch-int8" and "not built" in path.reason
@@ -95,6 +96,7 @@ def test_missing_library_falls_back_visibly(monkeypatch):
             native_linear(torch.zeros(1, 16), pack_ternary(torch.zeros(16, 16, dtype=torch.int8), 1.0))
     finally:
         ternary._library.cache_clear()
+        ternary._best_isa_number.cache_clear()
 
 
 @needs_native

@@ -1,0 +1,219 @@
+"""Whole-model decode, side by side: fp32 reference vs frozen ternary, and HF generate().
+
+Speed does not depend on trained values, so the models carry random weights of the
+preset's shapes. Three variants answer the same prompt in interleaved rounds:
+- `reference`: the fp32 model through our engine;
+- `transformers`: the same fp32 model through `transformers` `generate()`;
+- `ternary`: the BitNet model frozen to packed 2-bit weights, through our engine.
+Peak RSS is measured per variant in a fresh process (RSS peaks are per process), from
+after the model is built to the end of one answer. The
+bandwidth bound is the bytes one decode step reads (weights and KV cache) divided by
+the measured read bandwidth of this machine.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ryot_ray.bench.timing import spread
+from ryot_ray.config import ModelConfig
+from ryot_ray.data.tokenizer import build_char_tokenizer
+from ryot_ray.infer.engine import Engine, SamplingConfig
+from ryot_ray.kernels.frozen import TernaryLinear, freeze
+from ryot_ray.kernels.ternary import kernel_path, native_isas, read_bytes
+from ryot_ray.machine import machine_facts
+from ryot_ray.model.build import build_model
+
+VARIANTS = ("reference", "transformers", "ternary")
+BANDWIDTH_BYTES = 512 * 2**20
+
+
+def build_variant(variant: str, preset: str, seed: int = 0) -> nn.Module:
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(seed)
+    if variant == "ternary":
+        return freeze(build_model(ModelConfig(preset=preset, quantization="bitnet"), tokenizer))
+    return build_model(ModelConfig(preset=preset, quantization="none"), tokenizer).eval()
+
+
+def decode_bytes(model: nn.Module, context: int) -> int:
+    """Bytes one decode step reads: every linear weight once, plus the KV cache so far."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, TernaryLinear):
+            total += module.packed.data.nbytes
+        elif isinstance(module, nn.Linear):
+            total += module.weight.nbytes
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    total += 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * context * 4
+    return total
+
+
+def measured_bandwidth(threads: int, repeats: int = 5) -> float:
+    """Bytes per second reading a buffer far larger than the caches (median)."""
+    buffer = torch.ones(BANDWIDTH_BYTES, dtype=torch.uint8)
+    read_bytes(buffer, threads)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        read_bytes(buffer, threads)
+        samples.append(BANDWIDTH_BYTES / (time.perf_counter() - start))
+    return statistics.median(samples)
+
+
+def _prompt(tokens: int) -> str:
+    return ("0123456789 " * tokens)[: tokens - 1]  # the tokenizer adds BOS
+
+
+def _run(variant: str, model: nn.Module, engine: Engine, prompt: str, new_tokens: int) -> tuple[float, float, list[float]]:
+    """(TTFT s, decode tokens/s, per-token seconds) for one answer."""
+    if variant == "transformers":
+        tokenizer = engine.tokenizer
+        ids = tokenizer(prompt, return_tensors="pt")
+        kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        with torch.no_grad():
+            start = time.perf_counter()
+            model.generate(**ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
+            ttft = time.perf_counter() - start
+            start = time.perf_counter()
+            model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+            whole = time.perf_counter() - start
+        per_token = (whole - ttft) / (new_tokens - 1)
+        return ttft, 1.0 / per_token, [per_token]
+    sampling = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    generation = engine.generate([prompt], sampling)
+    steps = generation.decode_step_s
+    return generation.ttft_s, len(steps) / sum(steps), steps
+
+
+def _peak_rss_child(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    model = build_variant(variant, preset)
+    engine = Engine(model, build_char_tokenizer(), max_length=prompt_tokens + new_tokens + 1)
+    gc.collect()
+    # Building a model from random fp32 weights peaks far above what answering needs;
+    # the peak is reset once the model is built (Linux), so it measures answering.
+    reset = _reset_peak_rss()
+    _run(variant, model, engine, _prompt(prompt_tokens), new_tokens)
+    queue.put((_peak_rss_kib() / 1024, reset))
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_kib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def peak_rss_mb(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int) -> tuple[float, bool]:
+    """(peak RSS in MB, whether it covers answering only) of a fresh process that builds
+    `variant` and answers once."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_peak_rss_child, args=(variant, preset, prompt_tokens, new_tokens, threads, queue))
+    child.start()
+    peak = queue.get()
+    child.join()
+    return peak
+
+
+def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32, new_tokens: int = 32,
+                 threads: int | None = None, memory: bool = True) -> dict:
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    tokenizer = build_char_tokenizer()
+    reference = build_variant("reference", preset)
+    models = {"reference": reference, "transformers": reference, "ternary": build_variant("ternary", preset)}
+    engines = {name: Engine(model, tokenizer, max_length=prompt_tokens + new_tokens + 1)
+               for name, model in models.items()}
+    prompt = _prompt(prompt_tokens)
+    for name in VARIANTS:
+        _run(name, models[name], engines[name], prompt, 4)  # warm-up
+    ttft: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    rate: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    steps: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for round_ in range(rounds):
+        for name in VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]:
+            first, tokens_per_s, per_token = _run(name, models[name], engines[name], prompt, new_tokens)
+            ttft[name].append(first)
+            rate[name].append(tokens_per_s)
+            steps[name] += per_token
+    bandwidth = measured_bandwidth(threads)
+    context = prompt_tokens + new_tokens // 2
+    result = {
+        "benchmark": "decode",
+        "preset": preset,
+        "threads": threads,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "rounds": rounds,
+        "kernel_path": vars(kernel_path()),
+        "measured_read_bandwidth_gb_s": bandwidth / 1e9,
+        "variants": {},
+    }
+    for name in VARIANTS:
+        step_mean = statistics.fmean(steps[name])
+        bytes_per_token = decode_bytes(models[name], context)
+        bound = bandwidth / bytes_per_token
+        result["variants"][name] = {
+            "ttft_ms": spread([1e3 * t for t in ttft[name]]),
+            "decode_tokens_per_s": spread(rate[name]),
+            "per_token_latency_cv": statistics.pstdev(steps[name]) / step_mean if len(steps[name]) > 1 else 0.0,
+            "bytes_read_per_token": bytes_per_token,
+            "bandwidth_bound_tokens_per_s": bound,
+            "fraction_of_bound": statistics.median(rate[name]) / bound,
+        }
+        if memory:
+            peak, answering_only = peak_rss_mb(name, preset, prompt_tokens, new_tokens, threads)
+            result["variants"][name]["peak_rss_mb"] = peak
+            result["variants"][name]["peak_rss_scope"] = "answering" if answering_only else "whole process"
+    for name in ("reference", "transformers"):
+        result[f"ternary_speedup_vs_{name}"] = spread(
+            [t / r for t, r in zip(rate["ternary"], rate[name])])
+    if memory:
+        result["ternary_rss_fraction_of_reference"] = (
+            result["variants"]["ternary"]["peak_rss_mb"] / result["variants"]["reference"]["peak_rss_mb"])
+    result["machine"] = machine_facts()
+    result["native_isas"] = native_isas()
+    return result
+
+
+def table(result: dict) -> str:
+    lines = [f"decode, preset {result['preset']}, {result['threads']} thread(s), prompt {result['prompt_tokens']} "
+             f"tokens, {result['new_tokens']} new tokens, {result['rounds']} interleaved rounds; read bandwidth "
+             f"{result['measured_read_bandwidth_gb_s']:.1f} GB/s; ternary path {result['kernel_path']['name']} "
+             f"{result['kernel_path']['isa']}",
+             f"{'variant':<14}{'TTFT ms':>10}{'tok/s min':>11}{'median':>9}{'max':>9}{'CV':>7}"
+             f"{'bound tok/s':>13}{'of bound':>10}{'peak RSS MB':>13}"]
+    for name, v in result["variants"].items():
+        rate = v["decode_tokens_per_s"]
+        rss = f"{v['peak_rss_mb']:>13.0f}" if "peak_rss_mb" in v else f"{'-':>13}"
+        lines.append(f"{name:<14}{v['ttft_ms']['median']:>10.1f}{rate['min']:>11.1f}{rate['median']:>9.1f}"
+                     f"{rate['max']:>9.1f}{v['per_token_latency_cv']:>7.2f}{v['bandwidth_bound_tokens_per_s']:>13.1f}"
+                     f"{100 * v['fraction_of_bound']:>9.0f}%{rss}")
+    for name in ("reference", "transformers"):
+        s = result[f"ternary_speedup_vs_{name}"]
+        lines.append(f"ternary vs {name}: {s['median']:.2f}x decode tokens/s (min {s['min']:.2f}, max {s['max']:.2f})")
+    if "ternary_rss_fraction_of_reference" in result:
+        lines.append(f"ternary peak RSS / reference peak RSS: {result['ternary_rss_fraction_of_reference']:.2f}")
+    return "\n".join(lines)
