@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     kernels.add_argument("--calls", type=int, default=5, help="calls per path per round")
     kernels.add_argument("--rows-per-tile", type=int, default=2, help="16-row groups per kernel tile")
     kernels.add_argument("--tokens-per-tile", type=int, default=8, help="tokens per micro-tile when M > 1")
+    kernels.add_argument("--autotune", action="store_true",
+                         help="sweep the tiles per shape instead, and cache the best for this CPU")
     decode = benches.add_parser("decode", help="whole-model decode: fp32 reference, transformers, ternary")
     decode.add_argument("--size", choices=["tiny", "small", "1b"], default="small", help="model preset")
     decode.add_argument("--prompt-tokens", type=int, default=32)
@@ -130,13 +132,20 @@ def _bench(args: argparse.Namespace) -> int:
             raise ConfigError("--prompt-tokens must be at least 1 and --new-tokens at least 2")
         result = bench_decode(args.size, rounds=args.rounds, prompt_tokens=args.prompt_tokens,
                               new_tokens=args.new_tokens, threads=args.threads, memory=not args.no_memory)
+    elif args.autotune:
+        from ryot_ray.bench.kernels import SHAPES
+        from ryot_ray.kernels.autotune import autotune, cache_path, table
+
+        result = {"benchmark": "autotune", "cache": str(cache_path()),
+                  "shapes": autotune(args.shapes or SHAPES, rounds=args.rounds, calls=args.calls)}
     else:
         from ryot_ray.bench.kernels import SHAPES, TOKENS, bench_kernels, table
 
         result = bench_kernels(args.shapes or SHAPES, args.tokens or TOKENS, rounds=args.rounds,
                                calls=args.calls, rows_per_tile=args.rows_per_tile,
                                tokens_per_tile=args.tokens_per_tile, threads=args.threads)
-    path = args.results_dir / "bench" / f"{args.what}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    name = "autotune" if getattr(args, "autotune", False) else args.what
+    path = args.results_dir / "bench" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json_atomic(path, result)
     print(table(result))
     print(f"saved: {path}")

@@ -95,6 +95,36 @@ def _run(variant: str, model: nn.Module, engine: Engine, prompt: str, new_tokens
     return generation.ttft_s, len(steps) / sum(steps), steps
 
 
+def time_split(engine: Engine, prompt: str, new_tokens: int) -> dict:
+    """Per decode token: ms inside the linear layers (kernels) and ms outside them
+    (attention, norms, embedding and the Python around it), from one instrumented answer."""
+    inside = [0.0]
+    started: dict[int, float] = {}
+
+    def before(module, args):
+        started[id(module)] = time.perf_counter()
+
+    def after(module, args, output):
+        inside[0] += time.perf_counter() - started.pop(id(module))
+
+    linears = [m for m in engine.model.modules() if isinstance(m, (nn.Linear, TernaryLinear))]
+    handles = [h for m in linears for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        engine.generate([prompt], SamplingConfig(max_new_tokens=1, ignore_eos=True))  # warm-up
+        inside[0] = 0.0
+        engine.generate([prompt], SamplingConfig(max_new_tokens=1, ignore_eos=True))  # prefill only
+        prefill = inside[0]
+        inside[0] = 0.0
+        generation = engine.generate([prompt], SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True))
+    finally:
+        for handle in handles:
+            handle.remove()
+    steps = len(generation.decode_step_s)
+    linear_ms = 1e3 * (inside[0] - prefill) / steps
+    step_ms = 1e3 * sum(generation.decode_step_s) / steps
+    return {"linear_ms_per_token": linear_ms, "outside_linears_ms_per_token": step_ms - linear_ms}
+
+
 def _peak_rss_child(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     model = build_variant(variant, preset)
@@ -183,6 +213,8 @@ def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32
             "bandwidth_bound_tokens_per_s": bound,
             "fraction_of_bound": statistics.median(rate[name]) / bound,
         }
+        if name != "transformers":
+            result["variants"][name]["time_split"] = time_split(engines[name], prompt, new_tokens)
         if memory:
             peak, answering_only = peak_rss_mb(name, preset, prompt_tokens, new_tokens, threads)
             result["variants"][name]["peak_rss_mb"] = peak
@@ -214,6 +246,10 @@ def table(result: dict) -> str:
     for name in ("reference", "transformers"):
         s = result[f"ternary_speedup_vs_{name}"]
         lines.append(f"ternary vs {name}: {s['median']:.2f}x decode tokens/s (min {s['min']:.2f}, max {s['max']:.2f})")
+    for name in ("reference", "ternary"):
+        split = result["variants"][name]["time_split"]
+        lines.append(f"{name} per decode token: {split['linear_ms_per_token']:.2f} ms in linear layers, "
+                     f"{split['outside_linears_ms_per_token']:.2f} ms outside them (attention, norms, Python)")
     if "ternary_rss_fraction_of_reference" in result:
         lines.append(f"ternary peak RSS / reference peak RSS: {result['ternary_rss_fraction_of_reference']:.2f}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ryot_ray.bench.timing import spread
+from ryot_ray.kernels.autotune import copies_to_fill
 from ryot_ray.kernels.pack import pack_ternary
 from ryot_ray.kernels.ternary import kernel_path, native_isas, native_linear, read_bytes, torch_int8_linear
 from ryot_ray.machine import machine_facts
@@ -26,10 +27,6 @@ TOKENS = (1, 16, 64, 256)
 CYCLE_BYTES = 256 * 2**20
 
 
-def _copies(bytes_each: int, cycle_bytes: int) -> int:
-    return max(1, -(-cycle_bytes // bytes_each))
-
-
 def _paths(k: int, n: int, rows_per_tile: int, tokens_per_tile: int, threads: int,
            cycle_bytes: int) -> dict[str, tuple[list, Callable]]:
     """name -> (weight copies, call(x, weight)); every path sees the same ternary weight."""
@@ -37,16 +34,16 @@ def _paths(k: int, n: int, rows_per_tile: int, tokens_per_tile: int, threads: in
     scale = 0.02
     dense = codes.float() * scale
     paths: dict[str, tuple[list, Callable]] = {
-        "fp32": ([dense.clone() for _ in range(_copies(dense.nbytes, cycle_bytes))], F.linear),
-        "bf16": ([dense.bfloat16() for _ in range(_copies(dense.nbytes // 2, cycle_bytes))],
+        "fp32": ([dense.clone() for _ in range(copies_to_fill(dense.nbytes, cycle_bytes))], F.linear),
+        "bf16": ([dense.bfloat16() for _ in range(copies_to_fill(dense.nbytes // 2, cycle_bytes))],
                  lambda x, w: F.linear(x.bfloat16(), w)),
-        "torch_int8": ([codes.clone() for _ in range(_copies(codes.nbytes, cycle_bytes))],
+        "torch_int8": ([codes.clone() for _ in range(copies_to_fill(codes.nbytes, cycle_bytes))],
                        lambda x, w: torch_int8_linear(x, w, scale)),
     }
     if native_isas():
         packed = pack_ternary(codes, scale, rows_per_tile)
         copies = [pack_ternary(codes, scale, rows_per_tile)
-                  for _ in range(_copies(packed.data.nbytes, cycle_bytes))]
+                  for _ in range(copies_to_fill(packed.data.nbytes, cycle_bytes))]
         paths["ternary"] = (copies, lambda x, w: native_linear(x, w, tokens_per_tile, threads=threads))
         paths["read_roofline"] = (copies, lambda x, w: read_bytes(w.data, threads))
     return paths

@@ -11,16 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ryot_ray.kernels.autotune import DEFAULT_TILE, load_cache, tile_for
 from ryot_ray.kernels.pack import PackedTernary, pack_ternary, unpack_ternary
 from ryot_ray.kernels.ternary import fused_norm, kernel_path, native_linear, torch_int8_linear
 from ryot_ray.model.bitlinear import BitLinear, ternarize
 
-DEFAULT_TOKENS_PER_TILE = 8
-
-
 class TernaryLinear(nn.Module):
     def __init__(self, norm: nn.RMSNorm, packed: PackedTernary, bias: torch.Tensor | None,
-                 native: bool, tokens_per_tile: int = DEFAULT_TOKENS_PER_TILE):
+                 native: bool, tokens_per_tile: int = DEFAULT_TILE["tokens_per_tile"]):
         super().__init__()
         self.norm = norm.requires_grad_(False)
         self.fused_norm = fused_norm(norm)
@@ -40,10 +38,10 @@ class TernaryLinear(nn.Module):
         return self.packed.out_features
 
     @classmethod
-    def from_bitlinear(cls, layer: BitLinear, rows_per_tile: int, native: bool) -> TernaryLinear:
+    def from_bitlinear(cls, layer: BitLinear, tile: dict, native: bool) -> TernaryLinear:
         codes, scale = ternarize(layer.weight.detach())
-        packed = pack_ternary(codes.to(torch.int8), float(scale), rows_per_tile)
-        return cls(layer.norm, packed, layer.bias, native)
+        packed = pack_ternary(codes.to(torch.int8), float(scale), tile["rows_per_tile"])
+        return cls(layer.norm, packed, layer.bias, native, tile["tokens_per_tile"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
@@ -63,12 +61,20 @@ class TernaryLinear(nn.Module):
                 f"rows_per_tile={self.packed.rows_per_tile}, path={path}")
 
 
-def freeze(model: nn.Module, rows_per_tile: int = 2, native: bool | None = None) -> nn.Module:
-    """Replace every BitLinear of `model` in place; returns the model in eval mode."""
+def freeze(model: nn.Module, rows_per_tile: int | None = None, native: bool | None = None) -> nn.Module:
+    """Replace every BitLinear of `model` in place; returns the model in eval mode.
+
+    Without `rows_per_tile`, each layer takes the tile `ryot-ray bench kernels --autotune`
+    cached for its shape on this CPU, or the default.
+    """
     if native is None:
         native = kernel_path().name == "native"
+    tuned = load_cache()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, BitLinear):
-                setattr(module, name, TernaryLinear.from_bitlinear(child, rows_per_tile, native))
+                tile = tile_for(child.in_features, child.out_features, tuned)
+                if rows_per_tile:
+                    tile["rows_per_tile"] = rows_per_tile
+                setattr(module, name, TernaryLinear.from_bitlinear(child, tile, native))
     return model.eval().requires_grad_(False)

@@ -27,6 +27,9 @@ def test_decode_variants_and_bounds():
         assert variant["fraction_of_bound"] == pytest.approx(
             variant["decode_tokens_per_s"]["median"] / variant["bandwidth_bound_tokens_per_s"])
     assert result["variants"]["ternary"]["bytes_read_per_token"] < result["variants"]["reference"]["bytes_read_per_token"]
+    for name in ("reference", "ternary"):
+        split = result["variants"][name]["time_split"]
+        assert split["linear_ms_per_token"] > 0 and split["outside_linears_ms_per_token"] > 0
     assert "ternary vs reference" in decode_table(result)
 
 

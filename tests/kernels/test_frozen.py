@@ -35,6 +35,6 @@ def test_frozen_model_matches_qat_model(trained_checkpoint, native):
 def test_frozen_layer_keeps_two_bits_per_weight(trained_checkpoint):
     model, *_ = load_checkpoint(trained_checkpoint)
     layer = model.model.layers[0].mlp.up_proj
-    frozen = TernaryLinear.from_bitlinear(layer, rows_per_tile=1, native=True)
+    frozen = TernaryLinear.from_bitlinear(layer, {"rows_per_tile": 1, "tokens_per_tile": 4}, native=True)
     assert frozen.packed.data.nbytes * 4 == frozen.packed.padded_out * frozen.packed.padded_in
     assert frozen.codes is None
