@@ -10,14 +10,13 @@ roofline, the time to read the 2-bit weights once with the same threads.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ryot_ray.bench.timing import spread
-from ryot_ray.kernels.autotune import copies_to_fill
+from ryot_ray.kernels.autotune import copies_to_fill, time_interleaved
 from ryot_ray.kernels.pack import pack_ternary
 from ryot_ray.kernels.ternary import kernel_path, native_isas, native_linear, read_bytes, torch_int8_linear
 from ryot_ray.machine import machine_facts
@@ -49,18 +48,6 @@ def _paths(k: int, n: int, rows_per_tile: int, tokens_per_tile: int, threads: in
     return paths
 
 
-def _time_calls(call: Callable, x: torch.Tensor, weights: list, calls: int, start: int) -> float:
-    """Median seconds of one call over `calls` calls, each on the next weight copy."""
-    samples = []
-    for i in range(calls):
-        weight = weights[(start + i) % len(weights)]
-        begin = time.perf_counter()
-        call(x, weight)
-        samples.append(time.perf_counter() - begin)
-    samples.sort()
-    return samples[len(samples) // 2]
-
-
 def bench_kernels(
     shapes=SHAPES, tokens=TOKENS, rounds: int = 5, calls: int = 5, rows_per_tile: int = 2,
     tokens_per_tile: int = 8, threads: int | None = None, cycle_bytes: int = CYCLE_BYTES, seed: int = 0,
@@ -77,13 +64,7 @@ def bench_kernels(
             x = torch.randn(m, k)
             for name, (weights, call) in paths.items():
                 call(x, weights[0])  # warm-up
-            seconds: dict[str, list[float]] = {name: [] for name in paths}
-            for round_ in range(rounds):
-                names = list(paths)
-                order.shuffle(names)
-                for name in names:
-                    weights, call = paths[name]
-                    seconds[name].append(_time_calls(call, x, weights, calls, round_ * calls))
+            seconds = time_interleaved(paths, x, rounds, calls, order)
             row = {"k": k, "n": n, "m": m, "microseconds": {}, "speedup_vs_fp32": {}}
             for name, values in seconds.items():
                 row["microseconds"][name] = spread([v * 1e6 for v in values])

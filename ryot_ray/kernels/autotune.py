@@ -58,20 +58,31 @@ def tile_for(k: int, n: int, cache: dict) -> dict:
     return {key: entry[key] for key in DEFAULT_TILE} if entry else dict(DEFAULT_TILE)
 
 
-def _sweep(candidates: dict, x: torch.Tensor, rounds: int, calls: int, seed: int) -> dict[str, float]:
-    """name -> median seconds per call; candidates: name -> (weight copies, call)."""
-    order = random.Random(seed)
+def time_interleaved(candidates: dict, x: torch.Tensor, rounds: int, calls: int,
+                     order: random.Random) -> dict[str, list[float]]:
+    """name -> one median seconds-per-call for each round.
+
+    `candidates` maps a name to (weight copies, call(x, weight)). Each round runs every
+    candidate in a shuffled order, `calls` calls each, each call on the next copy.
+    """
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for round_ in range(rounds):
         names = list(candidates)
         order.shuffle(names)
         for name in names:
             copies, call = candidates[name]
+            seconds = []
             for i in range(calls):
                 weight = copies[(round_ * calls + i) % len(copies)]
                 start = time.perf_counter()
                 call(x, weight)
-                samples[name].append(time.perf_counter() - start)
+                seconds.append(time.perf_counter() - start)
+            samples[name].append(statistics.median(seconds))
+    return samples
+
+
+def _fastest(candidates: dict, x: torch.Tensor, rounds: int, calls: int, seed: int) -> dict[str, float]:
+    samples = time_interleaved(candidates, x, rounds, calls, random.Random(seed))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -83,10 +94,10 @@ def autotune_shape(k: int, n: int, rounds: int = 5, calls: int = 5, cycle_bytes:
         one = pack_ternary(codes, 0.02, rows)
         count = copies_to_fill(one.data.nbytes, cycle_bytes)
         copies[rows] = [one] + [pack_ternary(codes, 0.02, rows) for _ in range(count - 1)]
-    decode = _sweep({f"rows={r}": (copies[r], lambda x, w: native_linear(x, w, 1)) for r in ROWS_PER_TILE},
+    decode = _fastest({f"rows={r}": (copies[r], lambda x, w: native_linear(x, w, 1)) for r in ROWS_PER_TILE},
                     torch.randn(1, k), rounds, calls, seed)
     rows = min(ROWS_PER_TILE, key=lambda r: decode[f"rows={r}"])
-    prefill = _sweep({f"tokens={t}": (copies[rows][:2], lambda x, w, t=t: native_linear(x, w, t))
+    prefill = _fastest({f"tokens={t}": (copies[rows][:2], lambda x, w, t=t: native_linear(x, w, t))
                       for t in TOKENS_PER_TILE}, torch.randn(PREFILL_TOKENS, k), rounds, 1, seed)
     tokens = min(TOKENS_PER_TILE, key=lambda t: prefill[f"tokens={t}"])
     return {
