@@ -101,16 +101,22 @@ def _train(args: argparse.Namespace) -> int:
 
 def _shapes(text: str) -> list[tuple[int, int]]:
     try:
-        return [tuple(int(v) for v in item.lower().split("x", 1)) for item in text.split(",")]
+        shapes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected shapes like 2048x5632,4096x11008, got {text!r}") from None
+        shapes = []
+    if not shapes or any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+        raise argparse.ArgumentTypeError(f"expected shapes like 2048x5632,4096x11008, got {text!r}")
+    return shapes
 
 
 def _integers(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",")]
+        values = [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 1,16,64, got {text!r}") from None
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive numbers like 1,16,64, got {text!r}")
+    return values
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -118,6 +124,14 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
+    if getattr(args, "calls", 1) < 1:
+        raise ConfigError("--calls must be at least 1")
+    from ryot_ray.kernels.ternary import MAX_ROWS_PER_TILE, MAX_TOKENS_PER_TILE
+
+    if not 1 <= getattr(args, "rows_per_tile", 1) <= MAX_ROWS_PER_TILE:
+        raise ConfigError(f"--rows-per-tile must be 1 to {MAX_ROWS_PER_TILE}")
+    if not 1 <= getattr(args, "tokens_per_tile", 1) <= MAX_TOKENS_PER_TILE:
+        raise ConfigError(f"--tokens-per-tile must be 1 to {MAX_TOKENS_PER_TILE}")
     if args.what == "train":
         from ryot_ray.bench.train import bench_train, table
 

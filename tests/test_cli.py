@@ -61,3 +61,22 @@ def test_info_without_ray_prints_machine_facts(capsys):
     facts = json.loads(capsys.readouterr().out)
     assert facts["cpu"]["logical_cpus"] >= 1
     assert facts["versions"]["torch"].startswith("2.")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "kernels", "--calls", "0"], "--calls must be at least 1"),
+    (["bench", "kernels", "--rows-per-tile", "9"], "--rows-per-tile must be 1 to 8"),
+    (["bench", "kernels", "--tokens-per-tile", "0"], "--tokens-per-tile must be 1 to 8"),
+    (["bench", "decode", "--new-tokens", "1"], "--new-tokens at least 2"),
+])
+def test_bad_bench_numbers(capsys, argv, message):
+    code, err = run(capsys, *argv)
+    assert code == 2 and len(err) == 1 and message in err[0]
+
+
+@pytest.mark.parametrize("flag, value", [("--shapes", "2048"), ("--shapes", "2x3x4"), ("--shapes", "0x8"),
+                                         ("--tokens", "1,a"), ("--tokens", "0")])
+def test_bad_bench_lists_are_refused_by_the_parser(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "kernels", flag, value])
+    assert exit_.value.code == 2 and "expected" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -53,7 +54,7 @@ def decode_bytes(model: nn.Module, context: int) -> int:
         elif isinstance(module, nn.Linear):
             total += module.weight.nbytes
     config = model.config
-    head_dim = config.hidden_size // config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     total += 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * context * 4
     return total
 
@@ -162,7 +163,14 @@ def peak_rss_mb(variant: str, preset: str, prompt_tokens: int, new_tokens: int, 
     queue = context.Queue()
     child = context.Process(target=_peak_rss_child, args=(variant, preset, prompt_tokens, new_tokens, threads, queue))
     child.start()
-    peak = queue.get()
+    while True:
+        try:
+            peak = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not child.is_alive():
+                raise RuntimeError(f"the {variant} {preset} memory process died "
+                                   f"(exit code {child.exitcode}; out of memory?)") from None
     child.join()
     return peak
 
@@ -208,7 +216,8 @@ def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32
         result["variants"][name] = {
             "ttft_ms": spread([1e3 * t for t in ttft[name]]),
             "decode_tokens_per_s": spread(rate[name]),
-            "per_token_latency_cv": statistics.pstdev(steps[name]) / step_mean if len(steps[name]) > 1 else 0.0,
+            # generate() gives no per-token times: its CV would only be a spread of rounds
+            "per_token_latency_cv": None if name == "transformers" else statistics.pstdev(steps[name]) / step_mean,
             "bytes_read_per_token": bytes_per_token,
             "bandwidth_bound_tokens_per_s": bound,
             "fraction_of_bound": statistics.median(rate[name]) / bound,
@@ -240,8 +249,9 @@ def table(result: dict) -> str:
     for name, v in result["variants"].items():
         rate = v["decode_tokens_per_s"]
         rss = f"{v['peak_rss_mb']:>13.0f}" if "peak_rss_mb" in v else f"{'-':>13}"
+        cv = f"{'-':>7}" if v["per_token_latency_cv"] is None else f"{v['per_token_latency_cv']:>7.2f}"
         lines.append(f"{name:<14}{v['ttft_ms']['median']:>10.1f}{rate['min']:>11.1f}{rate['median']:>9.1f}"
-                     f"{rate['max']:>9.1f}{v['per_token_latency_cv']:>7.2f}{v['bandwidth_bound_tokens_per_s']:>13.1f}"
+                     f"{rate['max']:>9.1f}{cv}{v['bandwidth_bound_tokens_per_s']:>13.1f}"
                      f"{100 * v['fraction_of_bound']:>9.0f}%{rss}")
     for name in ("reference", "transformers"):
         s = result[f"ternary_speedup_vs_{name}"]

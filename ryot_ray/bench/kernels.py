@@ -44,7 +44,9 @@ def _paths(k: int, n: int, rows_per_tile: int, tokens_per_tile: int, threads: in
         copies = [pack_ternary(codes, scale, rows_per_tile)
                   for _ in range(copies_to_fill(packed.data.nbytes, cycle_bytes))]
         paths["ternary"] = (copies, lambda x, w: native_linear(x, w, tokens_per_tile, threads=threads))
-        paths["read_roofline"] = (copies, lambda x, w: read_bytes(w.data, threads))
+        # its own copies: reading what the kernel just read would time the cache
+        paths["read_roofline"] = ([pack_ternary(codes, scale, rows_per_tile) for _ in copies],
+                                  lambda x, w: read_bytes(w.data, threads))
     return paths
 
 

@@ -114,7 +114,10 @@ class Engine:
         slots = torch.arange(self.max_length)
         real = slots.unsqueeze(0) >= pad.unsqueeze(1)  # [B, slots]: not padding
         causal = slots.unsqueeze(0) <= slots[:width].unsqueeze(1)  # [T, slots]
-        allowed = (causal.unsqueeze(0) & real.unsqueeze(1))[:, None, :, :width]
+        # a padding position attends to itself only: no query row is fully masked, so
+        # padding never carries NaN into the cache, whatever the attention kernel does
+        itself = torch.eye(width, self.max_length, dtype=torch.bool)
+        allowed = ((causal.unsqueeze(0) & real.unsqueeze(1)) | itself)[:, None, :, :width]
         rope = (torch.arange(width).unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
         generator = torch.Generator().manual_seed(sampling.seed)
 

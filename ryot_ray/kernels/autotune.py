@@ -31,6 +31,12 @@ PREFILL_TOKENS = 128
 
 
 MAX_COPIES = 1024
+MAX_ACCUMULATORS = 16  # rows per tile x tokens per tile the kernel keeps in registers
+
+
+def tokens_for(rows_per_tile: int) -> list[int]:
+    """Tokens-per-tile candidates the kernel really runs with this many rows per tile."""
+    return [t for t in TOKENS_PER_TILE if t * rows_per_tile <= MAX_ACCUMULATORS]
 
 
 def copies_to_fill(bytes_each: int, cycle_bytes: int) -> int:
@@ -98,8 +104,8 @@ def autotune_shape(k: int, n: int, rounds: int = 5, calls: int = 5, cycle_bytes:
                     torch.randn(1, k), rounds, calls, seed)
     rows = min(ROWS_PER_TILE, key=lambda r: decode[f"rows={r}"])
     prefill = _fastest({f"tokens={t}": (copies[rows][:2], lambda x, w, t=t: native_linear(x, w, t))
-                      for t in TOKENS_PER_TILE}, torch.randn(PREFILL_TOKENS, k), rounds, 1, seed)
-    tokens = min(TOKENS_PER_TILE, key=lambda t: prefill[f"tokens={t}"])
+                        for t in tokens_for(rows)}, torch.randn(PREFILL_TOKENS, k), rounds, 1, seed)
+    tokens = min(tokens_for(rows), key=lambda t: prefill[f"tokens={t}"])
     return {
         "rows_per_tile": rows,
         "tokens_per_tile": tokens,

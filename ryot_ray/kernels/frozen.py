@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ryot_ray.kernels.autotune import DEFAULT_TILE, load_cache, tile_for
+from ryot_ray.kernels.autotune import DEFAULT_TILE, load_cache, tile_for, tokens_for
 from ryot_ray.kernels.pack import PackedTernary, pack_ternary, unpack_ternary
 from ryot_ray.kernels.ternary import fused_norm, kernel_path, native_linear, torch_int8_linear
 from ryot_ray.model.bitlinear import BitLinear, ternarize
@@ -74,7 +74,7 @@ def freeze(model: nn.Module, rows_per_tile: int | None = None, native: bool | No
         for name, child in list(module.named_children()):
             if isinstance(child, BitLinear):
                 tile = tile_for(child.in_features, child.out_features, tuned)
-                if rows_per_tile:
-                    tile["rows_per_tile"] = rows_per_tile
+                if rows_per_tile:  # a given layout: the largest token tile it runs with
+                    tile = {"rows_per_tile": rows_per_tile, "tokens_per_tile": max(tokens_for(rows_per_tile))}
                 setattr(module, name, TernaryLinear.from_bitlinear(child, tile, native))
     return model.eval().requires_grad_(False)

@@ -85,14 +85,15 @@ def train_epoch(
     step_loss, step_start = 0.0, time.perf_counter()
     model.train()
     for index, batch in enumerate(loader):
+        window = min(accum, len(loader) - index // accum * accum)  # the last one may be short
         boundary = (index + 1) % accum == 0 or index + 1 == len(loader)
         sync = contextlib.nullcontext()
         if isinstance(model, DistributedDataParallel) and not boundary:
             sync = model.no_sync()
         with sync, autocast:
             loss = model(**batch).loss
-            (loss / accum).backward()
-        step_loss += loss.item() / accum
+            (loss / window).backward()
+        step_loss += loss.item() / window
         stats.tokens += int(batch["attention_mask"].sum())
         if not boundary:
             continue

@@ -16,6 +16,12 @@ def test_kernel_rows_hold_every_path_and_paired_ratios():
         fp32 = row["microseconds"]["fp32"]["samples"]
         for name, ratio in row["speedup_vs_fp32"].items():
             assert ratio["samples"] == pytest.approx([f / v for f, v in zip(fp32, row["microseconds"][name]["samples"])])
+        if "ternary" in row["microseconds"]:
+            samples = {name: figures["samples"] for name, figures in row["microseconds"].items()}
+            for key, over in (("ternary_vs_torch_int8", "torch_int8"), ("ternary_vs_bf16", "bf16"),
+                              ("ternary_fraction_of_roofline", "read_roofline")):
+                want = [o / t for o, t in zip(samples[over], samples["ternary"])]
+                assert row[key]["samples"] == pytest.approx(want), key
     assert "K x N" in kernels_table(result)
 
 

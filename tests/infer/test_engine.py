@@ -24,6 +24,7 @@ def test_greedy_matches_transformers_generate_with_mixed_lengths(trained):
     engine = Engine(model, tokenizer, max_batch=8, max_length=64)
     ours = engine.generate(prompts, SamplingConfig(max_new_tokens=8)).texts
     assert ours == greedy_completions(model, tokenizer, prompts, 8, 8)
+    assert torch.isfinite(engine.keys).all() and torch.isfinite(engine.values).all()
 
 
 def test_same_path_for_reference_and_frozen_models(trained, tokenizer):
