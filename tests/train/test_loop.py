@@ -70,3 +70,35 @@ def test_weight_decay_only_on_matrices(smoke_config, tokenizer):
     assert all(p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in other["params"])
     assert sum(p.numel() for g in (decay, other) for p in g["params"]) == sum(
         p.numel() for p in model.parameters())
+
+
+def test_a_short_last_accumulation_window_is_averaged_over_its_own_batches(smoke_config, tokenizer):
+    """Three batches with grad_accum 2: the last step has one batch and must count as one."""
+    import torch
+
+    from ryot_ray.data.examples import collate, encode_problem
+    from ryot_ray.data.tasks import generate
+    from ryot_ray.model.build import build_model
+    from ryot_ray.train.loop import train_epoch
+
+    problems = generate("reverse", 1, "train", 12, seed=0)
+    batches = [collate([encode_problem(tokenizer, p, True) for p in problems[i:i + 4]], tokenizer.pad_token_id)
+               for i in (0, 4, 8)]
+
+    def fresh():
+        torch.manual_seed(0)
+        model = build_model(smoke_config.model, tokenizer)
+        return model, build_optimizer(model, smoke_config), TrainingState()
+
+    smoke_config.train.grad_accum = 2
+    together, optimizer, state = fresh()
+    whole = train_epoch(together, batches, optimizer, state, 2, smoke_config)
+
+    apart, optimizer, state = fresh()
+    first = train_epoch(apart, batches[:2], optimizer, state, 2, smoke_config)
+    smoke_config.train.grad_accum = 1
+    last = train_epoch(apart, batches[2:], optimizer, state, 2, smoke_config)
+
+    assert whole.losses == first.losses + last.losses
+    for a, b in zip(together.parameters(), apart.parameters()):
+        assert torch.equal(a, b)
