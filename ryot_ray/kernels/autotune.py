@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ryot_ray.kernels.pack import pack_ternary
-from ryot_ray.kernels.ternary import MAX_ROWS_PER_TILE, native_linear
+from ryot_ray.kernels.ternary import native_linear
 from ryot_ray.machine import cpu_facts
 from ryot_ray.train.checkpoint import write_json_atomic
 
@@ -28,8 +28,6 @@ ROWS_PER_TILE = (1, 2, 4, 8)
 TOKENS_PER_TILE = (2, 4, 8)
 DEFAULT_TILE = {"rows_per_tile": 2, "tokens_per_tile": 8}
 PREFILL_TOKENS = 128
-
-
 MAX_COPIES = 1024
 MAX_ACCUMULATORS = 16  # rows per tile x tokens per tile the kernel keeps in registers
 
@@ -116,8 +114,6 @@ def autotune_shape(k: int, n: int, rounds: int = 5, calls: int = 5, cycle_bytes:
 
 def autotune(shapes, rounds: int = 5, calls: int = 5, path: Path | None = None, **kwargs) -> dict:
     """Tune every (K, N) shape, merge into the cache file and return this run's entries."""
-    if max(ROWS_PER_TILE) > MAX_ROWS_PER_TILE:
-        raise ValueError("candidate tiles exceed what the kernel supports")
     path = path or cache_path()
     entries = {f"{k}x{n}": autotune_shape(k, n, rounds, calls, **kwargs) for k, n in shapes}
     write_json_atomic(path, {**load_cache(path), **entries})

@@ -2,8 +2,9 @@
 
 Freezing ternarizes each latent weight once, packs it 2 bits per weight in the tile
 layout (the tile fixes the layout, so it is chosen here), and drops the fp32 copy. The
-forward pass is the layer's RMSNorm, then the native kernel with int8 activations —
-or, where the native library is missing, the torch int8 fallback on unpacked codes.
+forward pass is one native call (the layer's RMSNorm, int8 activations, the ternary
+matmul) — or, where the native library is missing, the RMSNorm in torch and the torch
+int8 fallback on unpacked codes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ryot_ray.kernels.autotune import DEFAULT_TILE, load_cache, tile_for, tokens
 from ryot_ray.kernels.pack import PackedTernary, pack_ternary, unpack_ternary
 from ryot_ray.kernels.ternary import fused_norm, kernel_path, native_linear, torch_int8_linear
 from ryot_ray.model.bitlinear import BitLinear, ternarize
+
 
 class TernaryLinear(nn.Module):
     def __init__(self, norm: nn.RMSNorm, packed: PackedTernary, bias: torch.Tensor | None,
@@ -73,8 +75,9 @@ def freeze(model: nn.Module, rows_per_tile: int | None = None, native: bool | No
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, BitLinear):
-                tile = tile_for(child.in_features, child.out_features, tuned)
                 if rows_per_tile:  # a given layout: the largest token tile it runs with
                     tile = {"rows_per_tile": rows_per_tile, "tokens_per_tile": max(tokens_for(rows_per_tile))}
+                else:
+                    tile = tile_for(child.in_features, child.out_features, tuned)
                 setattr(module, name, TernaryLinear.from_bitlinear(child, tile, native))
     return model.eval().requires_grad_(False)
