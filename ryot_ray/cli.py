@@ -47,10 +47,40 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--prompt-tokens", type=int, default=32)
     decode.add_argument("--new-tokens", type=int, default=32)
     decode.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS processes")
-    for parser_ in (train_bench, kernels, decode):
+    compression = benches.add_parser(
+        "compression", help="training memory per saved-activation mode; sparse and Matryoshka decode")
+    compression.add_argument("--config", type=Path, default=Path("configs/default.yaml"),
+                             help="run config for the training-memory part")
+    compression.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    compression.add_argument("--size", choices=["tiny", "small", "1b"], default="1b",
+                             help="model preset of the decode parts")
+    for parser_ in (train_bench, kernels, decode, compression):
         parser_.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
         parser_.add_argument("--threads", type=int, help="torch and kernel threads")
         parser_.add_argument("--results-dir", type=Path, default=Path("results"))
+
+    validate = commands.add_parser(
+        "validate", help="the optimized inference configuration against the reference, on a Ray actor")
+    validate.add_argument("--checkpoint", type=Path, required=True, help="a trained BitNet checkpoint directory")
+    validate.add_argument("--reference", type=Path,
+                          help="the trained fp32 reference checkpoint (without it: speed only, no accuracy retention)")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="inference.KEY=VALUE",
+                          help="override the checkpoint's inference config, e.g. inference.rlvr_paths=4")
+    validate.add_argument("--phase1", type=Path, default=Path("configs/phase1_baselines.yaml"))
+    validate.add_argument("--repeats", type=int, default=5, help="interleaved repeats of the speed timings")
+    validate.add_argument("--max-problems", type=int, help="answer only the first N test problems")
+    validate.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
+    validate.add_argument("--results-dir", type=Path, help="where the reports go (default: next to the checkpoint)")
+    validate.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+
+    generate = commands.add_parser("generate", help="answer your own prompts with a checkpoint")
+    generate.add_argument("--checkpoint", type=Path, required=True)
+    prompts = generate.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="one prompt in the task format, e.g. 'add 12+34='")
+    prompts.add_argument("--prompts", type=Path, help='a JSONL file, one {"prompt": ...} per line')
+    generate.add_argument("--output", type=Path, help="JSONL answers (default: printed)")
+    generate.add_argument("--set", dest="overrides", action="append", default=[], metavar="inference.KEY=VALUE")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
 
     info = commands.add_parser("info", help="CPU features, versions and the Ray cluster")
     info.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
@@ -59,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ryot_ray.model.build import check_knobs
     from ryot_ray.train.experiment import experiment_dir, resume_config
 
     overrides = list(args.overrides)
@@ -69,6 +100,7 @@ def _train(args: argparse.Namespace) -> int:
         config = resume_config(directory, overrides)
     else:
         config = load_config(args.config, overrides)
+        check_knobs(config.model)
         name = args.name or f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
         directory = experiment_dir(args.results_dir, name, resume=False)
 
@@ -146,6 +178,11 @@ def _bench(args: argparse.Namespace) -> int:
             raise ConfigError("--prompt-tokens must be at least 1 and --new-tokens at least 2")
         result = bench_decode(args.size, rounds=args.rounds, prompt_tokens=args.prompt_tokens,
                               new_tokens=args.new_tokens, threads=args.threads, memory=not args.no_memory)
+    elif args.what == "compression":
+        from ryot_ray.bench.compression import bench_compression, table
+
+        result = bench_compression(load_config(args.config, args.overrides), args.size, rounds=args.rounds,
+                                   threads=args.threads)
     elif args.autotune:
         from ryot_ray.bench.kernels import SHAPES
         from ryot_ray.kernels.autotune import autotune, cache_path, table
@@ -182,7 +219,84 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "bench": _bench, "info": _info}
+def _inference_config(checkpoint: Path, overrides: list[str]):
+    """The checkpoint's config with `inference.*` overrides, checked before anything runs."""
+    from ryot_ray.config import Config, with_overrides
+    from ryot_ray.train.checkpoint import STATE_FILE, read_checkpoint_record
+
+    bad = [o for o in overrides if not o.startswith("inference.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]}: only inference.* keys can change for a trained checkpoint")
+    source = str(checkpoint / STATE_FILE)
+    return with_overrides(Config.from_dict(read_checkpoint_record(checkpoint)["config"], source), overrides, source)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ryot_ray.config import load_phase1
+    from ryot_ray.train.checkpoint import CheckpointError
+
+    try:
+        config = _inference_config(args.checkpoint, args.overrides)
+        if args.reference is not None:
+            _inference_config(args.reference, [])
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from None
+    targets = load_phase1(args.phase1)
+    if args.repeats < 1 or (args.max_problems is not None and args.max_problems < 1):
+        raise ConfigError("--repeats and --max-problems must be at least 1")
+
+    import ray
+
+    from ryot_ray.cluster import connect, largest_node_cpus
+    from ryot_ray.report.validation import TRAINING_FILE, write_reports
+    from ryot_ray.validate.validator import InferenceValidator
+
+    dashboard = connect(args.address)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}")
+    cpus = largest_node_cpus()
+    print(f"validating {args.checkpoint} on one Ray actor with {cpus} CPUs "
+          f"(rlvr_paths {config.inference.rlvr_paths}, ffn_level {config.inference.ffn_level})")
+    actor = ray.remote(num_cpus=cpus)(InferenceValidator).remote(
+        str(args.checkpoint.resolve()), str(args.reference.resolve()) if args.reference else None, targets,
+        inference=vars(config.inference), repeats=args.repeats, max_problems=args.max_problems,
+        memory=not args.no_memory)
+    report = ray.get(actor.validate.remote())
+    directory = args.results_dir or args.checkpoint.resolve().parent
+    written = write_reports(report, directory, args.checkpoint.resolve().parent / TRAINING_FILE)
+    speedup, retention = report["integrated_speedup"], report["accuracy_retention"]
+    print(f"integrated speedup: {'not measured' if speedup is None else f'{speedup:.2f}x'}; "
+          f"accuracy retention: {'not measured' if retention is None else f'{retention:.3f}'}")
+    for name, verdict in report["phase1"].items():
+        print(f"  {name}: {verdict['direction']} {verdict['target']}, measured {verdict['measured']} -> "
+              f"{'met' if verdict['met'] else 'NOT MET'}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ryot_ray.infer.generate import answer_prompts, read_prompts
+    from ryot_ray.train.checkpoint import CheckpointError
+
+    try:
+        config = _inference_config(args.checkpoint, args.overrides)
+    except CheckpointError as error:
+        raise ConfigError(str(error)) from None
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    if args.max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens must be at least 1")
+    answers = answer_prompts(args.checkpoint, config.inference, prompts, args.max_new_tokens)
+    lines = [json.dumps(record) for record in answers]
+    if args.output:
+        args.output.write_text("\n".join(lines) + "\n")
+        print(f"wrote {len(lines)} answers to {args.output}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+COMMANDS = {"train": _train, "bench": _bench, "validate": _validate, "generate": _generate, "info": _info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,8 @@ def _between(minimum: float, maximum: float) -> dict:
 TASK_FAMILIES = ("add", "mul", "sort", "reverse")
 LOCAL_CORPUS_SUFFIXES = (".txt", ".json", ".jsonl")
 MAX_DIFFICULTY = 4
+MAX_MRL_DEPTH = 6
+ACTIVATION_COMPRESSION = ("none", "int8", "binary")
 
 
 @dataclass
@@ -71,6 +73,14 @@ class ModelConfig:
     quantization: str = field(default="bitnet", metadata=_choices("bitnet", "none"))
     # A Llama checkpoint to start from: a local directory, or a hub name for users online.
     pretrained: str | None = None
+    # The compression knobs of a BitNet model (the fp32 reference is dense, full width):
+    # nested FFN widths I, I/2, ... I/2^(depth-1) trained together (Matryoshka);
+    mrl_depth: int = field(default=1, metadata=_between(1, MAX_MRL_DEPTH))
+    # FFN activations kept per token: a fraction of the width if <= 1 (1: dense), else a count;
+    sparse_k: float = field(default=1.0, metadata=_at_least(0.0))
+    # what BitLinear keeps of its activations for backward: fp32 (none), int8 codes
+    # (exact), or sign bits and a per-token scale (binary, lossy)
+    activation_compression: str = field(default="none", metadata=_choices(*ACTIVATION_COMPRESSION))
 
 
 @dataclass
@@ -104,6 +114,20 @@ class EvalConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How a trained model answers: the frozen model's layout and the reasoning paths."""
+
+    rlvr_paths: int = field(default=1, metadata=_between(1, 64))  # 1: one greedy path
+    adaptive_paths: bool = True  # stop once a wave of paths agrees; budget grows with difficulty
+    path_window: int = field(default=2, metadata=_between(1, 64))  # paths per wave
+    temperature: float = field(default=0.7, metadata=_at_least(0.0))
+    top_p: float = field(default=0.95, metadata=_between(0.0, 1.0))
+    ffn_level: int = field(default=0, metadata=_at_least(0))  # nested FFN width: 0 full, 1 half, ...
+    tile_size: int | None = field(default=None, metadata=_between(1, 8))  # 16-row groups; None: autotuned
+    int8_embeddings: bool = False  # int8 embeddings and lm_head (lossy: measured by validate)
+
+
+@dataclass
 class Config:
     experiment: str = "default"
     seed: int = 0
@@ -111,6 +135,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,9 +145,21 @@ class Config:
         return _build(cls, data, source, "")
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config and apply `key.path=value` overrides."""
-    path = Path(path)
+@dataclass
+class Phase1Targets:
+    """The Phase 1 baselines an optimized configuration is held to."""
+
+    ttft_ms: float = field(metadata=_at_least(0.0))  # at most
+    decode_tokens_per_s: float = field(metadata=_at_least(0.0))  # at least
+    memory_mb: float = field(metadata=_at_least(0.0))  # at most
+    accuracy_retention: float = field(metadata=_between(0.0, 1.0))  # at least
+
+
+def load_phase1(path: str | Path) -> Phase1Targets:
+    return _build(Phase1Targets, read_yaml(Path(path)), str(path), "")
+
+
+def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -133,10 +170,44 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(error, 'problem', error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config and apply `key.path=value` overrides."""
+    path = Path(path)
+    data = read_yaml(path)
     for override in overrides:
         _apply_override(data, override)
     config = Config.from_dict(data, str(path))
     _check_local_paths(config, path)
+    _check_compression_knobs(config, path)
+    return config
+
+
+def _check_compression_knobs(config: Config, source: Path) -> None:
+    model = config.model
+    if model.sparse_k > 1 and model.sparse_k != int(model.sparse_k):
+        raise ConfigError(f"{source}: model.sparse_k: {model.sparse_k!r} is neither a fraction in (0, 1] "
+                          "nor a whole number of activations")
+    if model.sparse_k == 0:
+        raise ConfigError(f"{source}: model.sparse_k: 0 keeps no activation (use a fraction in (0, 1] or a count)")
+    if config.inference.ffn_level >= model.mrl_depth:
+        raise ConfigError(f"{source}: inference.ffn_level: {config.inference.ffn_level} needs model.mrl_depth "
+                          f"above it (the model has {model.mrl_depth} nested width(s))")
+    knobs = (model.mrl_depth > 1, model.sparse_k != 1, model.activation_compression != "none")
+    if model.quantization != "bitnet" and any(knobs):
+        raise ConfigError(f"{source}: model.mrl_depth, sparse_k and activation_compression are BitNet knobs; "
+                          f"the {model.quantization!r} reference is dense, full width")
+
+
+def with_overrides(config: Config, overrides: list[str], source: str) -> Config:
+    """`config` with `key.path=value` overrides applied, checked like a loaded one."""
+    data = config.to_dict()
+    for override in overrides:
+        _apply_override(data, override)
+    config = Config.from_dict(data, source)
+    _check_compression_knobs(config, Path(source))
     return config
 
 

@@ -34,9 +34,8 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory):
-    """A tiny BitNet model trained in this process for a few epochs on `reverse`, saved."""
+def train_tiny(directory, overrides: list[str]):
+    """A tiny model trained in this process for a few epochs on `reverse`, saved."""
     import math
     from functools import partial
 
@@ -48,7 +47,8 @@ def trained_checkpoint(tmp_path_factory):
     from ryot_ray.train.checkpoint import TrainingState, save_checkpoint
     from ryot_ray.train.loop import build_optimizer, train_epoch
 
-    config = load_config(SMOKE, ["data.families=[reverse]", "train.epochs=4", "data.train_per_level=400"])
+    config = load_config(SMOKE, ["data.families=[reverse]", "train.epochs=4", "data.train_per_level=400",
+                                 *overrides])
     tokenizer = build_char_tokenizer()
     torch.manual_seed(config.seed)
     model = build_model(config.model, tokenizer)
@@ -61,6 +61,23 @@ def trained_checkpoint(tmp_path_factory):
     for _ in range(config.train.epochs):
         train_epoch(model, loader, optimizer, state, total, config)
         state.epoch += 1
-    directory = tmp_path_factory.mktemp("trained")
     save_checkpoint(directory, model, tokenizer, config, state, optimizer)
     return directory
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A tiny BitNet model trained on `reverse`."""
+    return train_tiny(tmp_path_factory.mktemp("trained"), [])
+
+
+@pytest.fixture(scope="session")
+def trained_reference(tmp_path_factory):
+    """The fp32 reference of `trained_checkpoint`, trained the same way."""
+    return train_tiny(tmp_path_factory.mktemp("reference"), ["model.quantization=none"])
+
+
+@pytest.fixture(scope="session")
+def trained_nested_sparse(tmp_path_factory):
+    """A tiny BitNet model with two nested widths and half its FFN activations kept."""
+    return train_tiny(tmp_path_factory.mktemp("nested"), ["model.mrl_depth=2", "model.sparse_k=0.5"])

@@ -34,6 +34,13 @@ def test_bad_workers_flag(capsys, tmp_path):
     assert code == 2 and "train.workers: 0 is below the minimum 1" in err[0]
 
 
+def test_knob_too_large_for_the_preset_stops_before_anything_is_written(capsys, tmp_path):
+    code, err = run(capsys, "train", "--config", str(REPO / "configs/smoke.yaml"), "--set", "model.mrl_depth=2",
+                    "--set", "model.sparse_k=100", "--results-dir", str(tmp_path))
+    assert code == 2 and err == ["ryot-ray: error: model.sparse_k: 100 activations is above the narrowest FFN width 64"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_experiment_is_not_overwritten(capsys, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")

@@ -47,6 +47,15 @@ BAD_INPUTS = [
     ("train: [1, 2]\n", "train: expected a mapping"),
     ("- 1\n- 2\n", "expected a mapping of keys at the top"),
     ("train:\n  epochs: [\n", "is not valid YAML"),
+    ("model:\n  mrl_depth: 0\n", "model.mrl_depth: 0 is below the minimum 1"),
+    ("model:\n  sparse_k: 2.5\n", "model.sparse_k: 2.5 is neither a fraction in (0, 1] nor a whole number"),
+    ("model:\n  sparse_k: 0\n", "model.sparse_k: 0 keeps no activation"),
+    ("model:\n  sparse_k: -0.5\n", "model.sparse_k: -0.5 is below the minimum 0.0"),
+    ("model:\n  activation_compression: fp8\n", "model.activation_compression: 'fp8' is not one of none, int8"),
+    ("model:\n  quantization: none\n  mrl_depth: 2\n", "are BitNet knobs; the 'none' reference is dense"),
+    ("inference:\n  ffn_level: 1\n", "inference.ffn_level: 1 needs model.mrl_depth above it"),
+    ("inference:\n  tile_size: 9\n", "inference.tile_size: 9 is above the maximum 8"),
+    ("inference:\n  rlvr_paths: 0\n", "inference.rlvr_paths: 0 is below the minimum 1"),
 ]
 
 

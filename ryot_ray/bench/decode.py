@@ -1,47 +1,47 @@
 """Whole-model decode, side by side: fp32 reference vs frozen ternary, and HF generate().
 
 Speed does not depend on trained values, so the models carry random weights of the
-preset's shapes. Three variants answer the same prompt in interleaved rounds:
+preset's shapes. Four variants answer the same prompt in interleaved rounds:
 - `reference`: the fp32 model through our engine;
 - `transformers`: the same fp32 model through `transformers` `generate()`;
-- `ternary`: the BitNet model frozen to packed 2-bit weights, through our engine.
-Peak RSS is measured per variant in a fresh process (RSS peaks are per process), from
-after the model is built to the end of one answer. The
-bandwidth bound is the bytes one decode step reads (weights and KV cache) divided by
+- `ternary`: the BitNet model frozen to packed 2-bit weights, through our engine;
+- `ternary_int8_head`: the same, with int8 embeddings and `lm_head` (lossy: its
+  accuracy effect is measured by `ryot-ray validate`, not here).
+Peak RSS is measured per variant in a fresh process, from after the model is built to
+the end of one answer. The bandwidth bound is the bytes one decode step reads (weights and KV cache) divided by
 the measured read bandwidth of this machine.
 """
 
 from __future__ import annotations
 
-import gc
-import multiprocessing
-import queue as queue_module
-import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
 from ryot_ray.bench.timing import spread
 from ryot_ray.config import ModelConfig
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.infer.engine import Engine, SamplingConfig
-from ryot_ray.kernels.frozen import TernaryLinear, freeze
+from ryot_ray.infer.speed import engine_speed, transformers_speed
+from ryot_ray.kernels.frozen import FrozenLinear, Int8Linear, freeze
 from ryot_ray.kernels.ternary import kernel_path, native_isas, read_bytes
 from ryot_ray.machine import machine_facts
 from ryot_ray.model.build import build_model
 
-VARIANTS = ("reference", "transformers", "ternary")
+VARIANTS = ("reference", "transformers", "ternary", "ternary_int8_head")
+TERNARY = ("ternary", "ternary_int8_head")
 BANDWIDTH_BYTES = 512 * 2**20
 
 
 def build_variant(variant: str, preset: str, seed: int = 0) -> nn.Module:
     tokenizer = build_char_tokenizer()
     torch.manual_seed(seed)
-    if variant == "ternary":
-        return freeze(build_model(ModelConfig(preset=preset, quantization="bitnet"), tokenizer))
+    if variant in TERNARY:
+        model = build_model(ModelConfig(preset=preset, quantization="bitnet"), tokenizer)
+        return freeze(model, int8_embeddings=variant == "ternary_int8_head")
     return build_model(ModelConfig(preset=preset, quantization="none"), tokenizer).eval()
 
 
@@ -49,8 +49,10 @@ def decode_bytes(model: nn.Module, context: int) -> int:
     """Bytes one decode step reads: every linear weight once, plus the KV cache so far."""
     total = 0
     for module in model.modules():
-        if isinstance(module, TernaryLinear):
+        if isinstance(module, FrozenLinear):
             total += module.packed.data.nbytes
+        elif isinstance(module, Int8Linear):
+            total += module.codes.nbytes + module.scale.nbytes
         elif isinstance(module, nn.Linear):
             total += module.weight.nbytes
     config = model.config
@@ -78,22 +80,8 @@ def _prompt(tokens: int) -> str:
 def _run(variant: str, model: nn.Module, engine: Engine, prompt: str, new_tokens: int) -> tuple[float, float, list[float]]:
     """(TTFT s, decode tokens/s, per-token seconds) for one answer."""
     if variant == "transformers":
-        tokenizer = engine.tokenizer
-        ids = tokenizer(prompt, return_tensors="pt")
-        kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        with torch.no_grad():
-            start = time.perf_counter()
-            model.generate(**ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-            ttft = time.perf_counter() - start
-            start = time.perf_counter()
-            model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-            whole = time.perf_counter() - start
-        per_token = (whole - ttft) / (new_tokens - 1)
-        return ttft, 1.0 / per_token, [per_token]
-    sampling = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
-    generation = engine.generate([prompt], sampling)
-    steps = generation.decode_step_s
-    return generation.ttft_s, len(steps) / sum(steps), steps
+        return transformers_speed(model, engine.tokenizer, prompt, new_tokens)
+    return engine_speed(engine, prompt, new_tokens)
 
 
 def time_split(engine: Engine, prompt: str, new_tokens: int) -> dict:
@@ -108,7 +96,7 @@ def time_split(engine: Engine, prompt: str, new_tokens: int) -> dict:
     def after(module, args, output):
         inside[0] += time.perf_counter() - started.pop(id(module))
 
-    linears = [m for m in engine.model.modules() if isinstance(m, (nn.Linear, TernaryLinear))]
+    linears = [m for m in engine.model.modules() if isinstance(m, (nn.Linear, FrozenLinear, Int8Linear))]
     handles = [h for m in linears for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
     try:
         engine.generate([prompt], SamplingConfig(max_new_tokens=1, ignore_eos=True))  # warm-up
@@ -126,53 +114,20 @@ def time_split(engine: Engine, prompt: str, new_tokens: int) -> dict:
     return {"linear_ms_per_token": linear_ms, "outside_linears_ms_per_token": step_ms - linear_ms}
 
 
-def _peak_rss_child(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int, queue) -> None:
+def _answer_once(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int) -> tuple[float, bool]:
     torch.set_num_threads(threads)
     model = build_variant(variant, preset)
     engine = Engine(model, build_char_tokenizer(), max_length=prompt_tokens + new_tokens + 1)
-    gc.collect()
-    # Building a model from random fp32 weights peaks far above what answering needs;
-    # the peak is reset once the model is built (Linux), so it measures answering.
-    reset = _reset_peak_rss()
+    answering_only = start_measuring()
     _run(variant, model, engine, _prompt(prompt_tokens), new_tokens)
-    queue.put((_peak_rss_kib() / 1024, reset))
+    return peak_rss_mb(), answering_only
 
 
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_kib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-
-def peak_rss_mb(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int) -> tuple[float, bool]:
+def peak_rss(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int) -> tuple[float, bool]:
     """(peak RSS in MB, whether it covers answering only) of a fresh process that builds
     `variant` and answers once."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_peak_rss_child, args=(variant, preset, prompt_tokens, new_tokens, threads, queue))
-    child.start()
-    while True:
-        try:
-            peak = queue.get(timeout=5)
-            break
-        except queue_module.Empty:
-            if not child.is_alive():
-                raise RuntimeError(f"the {variant} {preset} memory process died "
-                                   f"(exit code {child.exitcode}; out of memory?)") from None
-    child.join()
-    return peak
+    return in_fresh_process(_answer_once, variant, preset, prompt_tokens, new_tokens, threads,
+                            what=f"{variant} {preset} memory")
 
 
 def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32, new_tokens: int = 32,
@@ -181,7 +136,8 @@ def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32
     torch.set_num_threads(threads)
     tokenizer = build_char_tokenizer()
     reference = build_variant("reference", preset)
-    models = {"reference": reference, "transformers": reference, "ternary": build_variant("ternary", preset)}
+    models = {"reference": reference, "transformers": reference}
+    models |= {name: build_variant(name, preset) for name in TERNARY}
     engines = {name: Engine(model, tokenizer, max_length=prompt_tokens + new_tokens + 1)
                for name, model in models.items()}
     prompt = _prompt(prompt_tokens)
@@ -225,15 +181,15 @@ def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32
         if name != "transformers":
             result["variants"][name]["time_split"] = time_split(engines[name], prompt, new_tokens)
         if memory:
-            peak, answering_only = peak_rss_mb(name, preset, prompt_tokens, new_tokens, threads)
+            peak, answering_only = peak_rss(name, preset, prompt_tokens, new_tokens, threads)
             result["variants"][name]["peak_rss_mb"] = peak
             result["variants"][name]["peak_rss_scope"] = "answering" if answering_only else "whole process"
-    for name in ("reference", "transformers"):
-        result[f"ternary_speedup_vs_{name}"] = spread(
-            [t / r for t, r in zip(rate["ternary"], rate[name])])
+    result["speedups"] = {f"{name} vs {peer}": spread([t / r for t, r in zip(rate[name], rate[peer])])
+                          for name in TERNARY for peer in ("reference", "transformers")}
     if memory:
-        result["ternary_rss_fraction_of_reference"] = (
-            result["variants"]["ternary"]["peak_rss_mb"] / result["variants"]["reference"]["peak_rss_mb"])
+        reference_rss = result["variants"]["reference"]["peak_rss_mb"]
+        result["rss_fraction_of_reference"] = {
+            name: result["variants"][name]["peak_rss_mb"] / reference_rss for name in TERNARY}
     result["machine"] = machine_facts()
     result["native_isas"] = native_isas()
     return result
@@ -244,22 +200,22 @@ def table(result: dict) -> str:
              f"tokens, {result['new_tokens']} new tokens, {result['rounds']} interleaved rounds; read bandwidth "
              f"{result['measured_read_bandwidth_gb_s']:.1f} GB/s; ternary path {result['kernel_path']['name']} "
              f"{result['kernel_path']['isa']}",
-             f"{'variant':<14}{'TTFT ms':>10}{'tok/s min':>11}{'median':>9}{'max':>9}{'CV':>7}"
+             f"{'variant':<18}{'TTFT ms':>10}{'tok/s min':>11}{'median':>9}{'max':>9}{'CV':>7}"
              f"{'bound tok/s':>13}{'of bound':>10}{'peak RSS MB':>13}"]
     for name, v in result["variants"].items():
         rate = v["decode_tokens_per_s"]
         rss = f"{v['peak_rss_mb']:>13.0f}" if "peak_rss_mb" in v else f"{'-':>13}"
         cv = f"{'-':>7}" if v["per_token_latency_cv"] is None else f"{v['per_token_latency_cv']:>7.2f}"
-        lines.append(f"{name:<14}{v['ttft_ms']['median']:>10.1f}{rate['min']:>11.1f}{rate['median']:>9.1f}"
+        lines.append(f"{name:<18}{v['ttft_ms']['median']:>10.1f}{rate['min']:>11.1f}{rate['median']:>9.1f}"
                      f"{rate['max']:>9.1f}{cv}{v['bandwidth_bound_tokens_per_s']:>13.1f}"
                      f"{100 * v['fraction_of_bound']:>9.0f}%{rss}")
-    for name in ("reference", "transformers"):
-        s = result[f"ternary_speedup_vs_{name}"]
-        lines.append(f"ternary vs {name}: {s['median']:.2f}x decode tokens/s (min {s['min']:.2f}, max {s['max']:.2f})")
-    for name in ("reference", "ternary"):
-        split = result["variants"][name]["time_split"]
-        lines.append(f"{name} per decode token: {split['linear_ms_per_token']:.2f} ms in linear layers, "
-                     f"{split['outside_linears_ms_per_token']:.2f} ms outside them (attention, norms, Python)")
-    if "ternary_rss_fraction_of_reference" in result:
-        lines.append(f"ternary peak RSS / reference peak RSS: {result['ternary_rss_fraction_of_reference']:.2f}")
+    for pair, s in result["speedups"].items():
+        lines.append(f"{pair}: {s['median']:.2f}x decode tokens/s (min {s['min']:.2f}, max {s['max']:.2f})")
+    for name, v in result["variants"].items():
+        if "time_split" in v:
+            lines.append(f"{name} per decode token: {v['time_split']['linear_ms_per_token']:.2f} ms in linear "
+                         f"layers, {v['time_split']['outside_linears_ms_per_token']:.2f} ms outside them "
+                         "(attention, norms, Python)")
+    for name, fraction in result.get("rss_fraction_of_reference", {}).items():
+        lines.append(f"{name} peak RSS / reference peak RSS: {fraction:.2f}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -42,6 +43,12 @@ class Generation:
     @property
     def new_tokens(self) -> int:
         return sum(len(ids) for ids in self.token_ids)
+
+
+def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Llama RMSNorm as one torch call: HF's module runs six small ops and two dtype
+    casts, which cost more than the op itself at decode sizes."""
+    return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
 class Engine:
@@ -71,10 +78,12 @@ class Engine:
         batch, length = tokens.shape
         end = start + length
         cos, sin = self.cos[0, rope], self.sin[0, rope]
+        # an additive mask, made once per step: a boolean one is converted in every layer
+        bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
         hidden = self.model.model.embed_tokens(tokens)
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
-            x = layer.input_layernorm(hidden)
+            x = rms_norm(layer.input_layernorm, hidden)
             q = attention.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
             k = attention.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
             v = attention.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -83,13 +92,15 @@ class Engine:
             self.values[index, :batch, :, start:end] = v
             out = F.scaled_dot_product_attention(
                 q, self.keys[index, :batch, :, :end], self.values[index, :batch, :, :end],
-                attn_mask=allowed, enable_gqa=self.heads != self.kv_heads,
+                attn_mask=bias, enable_gqa=self.heads != self.kv_heads,
             )
             hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.model.lm_head(self.model.model.norm(hidden[:, -1]))
+            hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
+        return self.model.lm_head(rms_norm(self.model.model.norm, hidden[:, -1]))
 
-    def _sample(self, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, sampling: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
+        """One token per row; each row draws from its own generator, so what a row samples
+        does not depend on the rows beside it."""
         if sampling.temperature <= 0:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / sampling.temperature, dim=-1)
@@ -98,17 +109,22 @@ class Engine:
             outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p
             sorted_probs[outside] = 0.0
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig = SamplingConfig()) -> Generation:
-        if not 1 <= len(prompts) <= self.max_batch:
-            raise ValueError(f"{len(prompts)} prompts; this engine takes 1 to {self.max_batch}")
+    def _encode(self, prompts: list[str], batch: int, max_new_tokens: int) -> list[list[int]]:
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"{batch} sequences; this engine takes 1 to {self.max_batch}")
         encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
         width = max(len(ids) for ids in encoded)
-        if width + sampling.max_new_tokens > self.max_length:
-            raise ValueError(f"prompt ({width}) + new tokens ({sampling.max_new_tokens}) "
+        if width + max_new_tokens > self.max_length:
+            raise ValueError(f"prompt ({width}) + new tokens ({max_new_tokens}) "
                              f"exceed the cache length {self.max_length}")
-        batch = len(prompts)
+        return encoded
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig = SamplingConfig()) -> Generation:
+        """Answer a batch of prompts; row i samples with seed `sampling.seed + i`."""
+        encoded = self._encode(prompts, len(prompts), sampling.max_new_tokens)
+        width = max(len(ids) for ids in encoded)
         pad = torch.tensor([width - len(ids) for ids in encoded])
         tokens = torch.tensor([[self.tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded])
         slots = torch.arange(self.max_length)
@@ -119,11 +135,31 @@ class Engine:
         itself = torch.eye(width, self.max_length, dtype=torch.bool)
         allowed = ((causal.unsqueeze(0) & real.unsqueeze(1)) | itself)[:, None, :, :width]
         rope = (torch.arange(width).unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
-        generator = torch.Generator().manual_seed(sampling.seed)
-
         begin = time.perf_counter()
-        next_token = self._sample(self._forward(tokens, 0, rope, allowed), sampling, generator)
+        logits = self._forward(tokens, 0, rope, allowed)
+        return self._decode(logits, pad, width, sampling, begin)
+
+    def generate_paths(self, prompt: str, paths: int, sampling: SamplingConfig) -> Generation:
+        """`paths` answers to one prompt, decoded as one batch over a single prefill: the
+        prompt's key/value cache is computed once and copied to every path. Path i
+        samples with seed `sampling.seed + i`, as row i of `generate` would."""
+        (ids,) = self._encode([prompt], paths, sampling.max_new_tokens)
+        width = len(ids)
+        causal = torch.ones(width, width, dtype=torch.bool).tril()[None, None]
+        begin = time.perf_counter()
+        logits = self._forward(torch.tensor([ids]), 0, torch.arange(width)[None], causal)
+        self.keys[:, 1:paths, :, :width] = self.keys[:, :1, :, :width]
+        self.values[:, 1:paths, :, :width] = self.values[:, :1, :, :width]
+        return self._decode(logits.expand(paths, -1), torch.zeros(paths, dtype=torch.long), width, sampling, begin)
+
+    def _decode(self, logits: torch.Tensor, pad: torch.Tensor, width: int, sampling: SamplingConfig,
+                begin: float) -> Generation:
+        """Sample from the prefill's `logits`, then decode every row until it stops."""
+        batch = len(pad)
+        generators = [torch.Generator().manual_seed(sampling.seed + row) for row in range(batch)]
+        next_token = self._sample(logits, sampling, generators)
         ttft = time.perf_counter() - begin
+        real = torch.arange(self.max_length).unsqueeze(0) >= pad.unsqueeze(1)
         outputs = [[] for _ in range(batch)]
         done = torch.zeros(batch, dtype=torch.bool)
         steps = []
@@ -141,7 +177,7 @@ class Engine:
             allowed = real[:, None, None, : position + 1]
             rope = (position - pad).unsqueeze(1)
             logits = self._forward(next_token.unsqueeze(1), position, rope, allowed)
-            next_token = self._sample(logits, sampling, generator)
+            next_token = self._sample(logits, sampling, generators)
             steps.append(time.perf_counter() - begin)
         texts = [self._text(ids, sampling.stop) for ids in outputs]
         return Generation(texts, outputs, width, ttft, steps)

@@ -5,6 +5,12 @@ block holds one group x one K block, byte j for row j // 4, its 2-bit field p fo
 k = 4p + j % 4. A tile of `rows_per_tile` groups keeps its groups' blocks side by side
 for each K block, so one tile is one contiguous stream: [tile][kblock][group][64 bytes].
 Padding rows and columns hold code 1 (weight 0).
+
+For a sparse input (Q-Sparse top-k activations) the weight is packed by columns instead,
+so a kept input column is one contiguous read, still 2 bits a weight: column j is
+padded_out / 4 bytes of codes w + 1, rows padded to a multiple of 256 with code 1. Each
+64-row chunk is 16 bytes; byte b holds row 16 f + b of the chunk in its 2-bit field f
+(bits 2f, 2f+1).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 GROUP = 16  # rows per 64-byte block, and k per block
+COLUMN_BLOCK = 256  # rows the column kernel sums in registers
+_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)  # the four 2-bit fields of a byte
 
 
 @dataclass(frozen=True)
@@ -26,32 +34,47 @@ class PackedTernary:
 
     @property
     def padded_in(self) -> int:
-        return _round_up(self.in_features, GROUP)
+        return round_up(self.in_features, GROUP)
 
     @property
     def padded_out(self) -> int:
-        return _round_up(self.out_features, GROUP * self.rows_per_tile)
+        return round_up(self.out_features, GROUP * self.rows_per_tile)
 
 
-def _round_up(value: int, multiple: int) -> int:
+@dataclass(frozen=True)
+class PackedColumns:
+    data: torch.Tensor  # uint8, flat
+    out_features: int  # N
+    in_features: int  # K
+    scale: float  # weight = code * scale
+
+    @property
+    def padded_out(self) -> int:
+        return round_up(self.out_features, COLUMN_BLOCK)
+
+
+def round_up(value: int, multiple: int) -> int:
     return (value + multiple - 1) // multiple * multiple
 
 
-def pack_ternary(codes: torch.Tensor, scale: float, rows_per_tile: int = 1) -> PackedTernary:
-    """`codes`: [N, K] with values in {-1, 0, 1}."""
+def _check_ternary(codes: torch.Tensor) -> None:
     if codes.ndim != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(codes.shape)}")
     if not torch.all((codes == -1) | (codes == 0) | (codes == 1)):
         raise ValueError("weights must be ternary: every value in {-1, 0, 1}")
+
+
+def pack_ternary(codes: torch.Tensor, scale: float, rows_per_tile: int = 1) -> PackedTernary:
+    """`codes`: [N, K] with values in {-1, 0, 1}."""
+    _check_ternary(codes)
     n, k = codes.shape
-    n_pad, k_pad = _round_up(n, GROUP * rows_per_tile), _round_up(k, GROUP)
+    n_pad, k_pad = round_up(n, GROUP * rows_per_tile), round_up(k, GROUP)
     padded = torch.ones((n_pad, k_pad), dtype=torch.uint8)
     padded[:n, :k] = (codes + 1).to(torch.uint8)
     # [tile, group, row, kblock, plane, quad] -> [tile, kblock, group, row, quad, plane]
     fields = padded.view(n_pad // (GROUP * rows_per_tile), rows_per_tile, GROUP, k_pad // GROUP, 4, 4)
     fields = fields.permute(0, 3, 1, 2, 5, 4)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
-    data = (fields << shifts).sum(dim=-1, dtype=torch.uint8)
+    data = (fields << _SHIFTS).sum(dim=-1, dtype=torch.uint8)
     return PackedTernary(data.contiguous().view(-1), n, k, float(scale), rows_per_tile)
 
 
@@ -59,6 +82,26 @@ def unpack_ternary(packed: PackedTernary) -> torch.Tensor:
     """The [N, K] codes in {-1, 0, 1} that `packed` holds."""
     n_pad, k_pad, nr = packed.padded_out, packed.padded_in, packed.rows_per_tile
     data = packed.data.view(n_pad // (GROUP * nr), k_pad // GROUP, nr, GROUP, 4, 1)
-    fields = (data >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8)) & 3  # [..., quad, plane]
+    fields = (data >> _SHIFTS) & 3  # [..., quad, plane]
     codes = fields.permute(0, 2, 3, 1, 5, 4).reshape(n_pad, k_pad)
     return codes[: packed.out_features, : packed.in_features].to(torch.int8) - 1
+
+
+def pack_ternary_columns(codes: torch.Tensor, scale: float) -> PackedColumns:
+    """`codes`: [N, K] with values in {-1, 0, 1}, packed column by column."""
+    _check_ternary(codes)
+    n, k = codes.shape
+    n_pad = round_up(n, COLUMN_BLOCK)
+    padded = torch.ones((k, n_pad), dtype=torch.uint8)
+    padded[:, :n] = (codes + 1).t().to(torch.uint8)
+    fields = padded.view(k, n_pad // 64, 4, 16).transpose(2, 3)  # [column, chunk, byte, field]
+    data = (fields << _SHIFTS).sum(dim=-1, dtype=torch.uint8)
+    return PackedColumns(data.contiguous().view(-1), n, k, float(scale))
+
+
+def unpack_ternary_columns(packed: PackedColumns) -> torch.Tensor:
+    """The [N, K] codes in {-1, 0, 1} that `packed` holds."""
+    k, n_pad = packed.in_features, packed.padded_out
+    data = packed.data.view(k, n_pad // 64, 16, 1)
+    codes = ((data >> _SHIFTS) & 3).transpose(2, 3).reshape(k, n_pad)
+    return codes[:, : packed.out_features].t().to(torch.int8) - 1

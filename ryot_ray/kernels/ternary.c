@@ -116,7 +116,8 @@ void ryot_quantize(const float *x, int64_t m_rows, int64_t k, int64_t k_padded,
 
 /* ---- portable scalar path ------------------------------------------------------ */
 static void tile_scalar(const int8_t *xq, int64_t k_padded, int64_t mr, const uint8_t *w,
-                        int64_t nr, int32_t acc[MAX_MR][MAX_NR * 16]) {
+                        int64_t nr, int64_t stride, int32_t acc[MAX_MR][MAX_NR * 16]) {
+    (void)stride;
     int64_t kblocks = k_padded / 16;
     for (int64_t kb = 0; kb < kblocks; kb++) {
         for (int64_t g = 0; g < nr; g++) {
@@ -141,16 +142,20 @@ static void tile_scalar(const int8_t *xq, int64_t k_padded, int64_t mr, const ui
  * Several tokens (prefill): each field is shifted down once and reused by every token. */
 __attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) static inline void
 tile_avx512_fixed(const int8_t *xq, int64_t k_padded, const int mr, const uint8_t *w, const int nr,
-                  int32_t acc_out[MAX_MR][MAX_NR * 16]) {
+                  int64_t stride, int32_t acc_out[MAX_MR][MAX_NR * 16]) {
     const int64_t kblocks = k_padded / 16;
     if (mr == 1) {
+        const int64_t used = kblocks * nr * 64; /* < stride for a width prefix */
         __m512i acc[MAX_NR][4];
         for (int g = 0; g < nr; g++)
             for (int p = 0; p < 4; p++) acc[g][p] = _mm512_setzero_si512();
         for (int64_t kb = 0; kb < kblocks; kb++) {
             const int32_t *quads = (const int32_t *)(xq + kb * 16);
-            for (int g = 0; g < nr; g++) /* decode streams from DRAM: ask for data ahead */
-                _mm_prefetch((const char *)(w + (kb * nr + g) * 64 + PREFETCH_BYTES), _MM_HINT_T0);
+            for (int g = 0; g < nr; g++) { /* decode streams from DRAM: ask for what is read next */
+                int64_t ahead = (kb * nr + g) * 64 + PREFETCH_BYTES;
+                if (ahead >= used) ahead += stride - used; /* the next tile */
+                _mm_prefetch((const char *)(w + ahead), _MM_HINT_T0);
+            }
             for (int p = 0; p < 4; p++) {
                 const __m512i mask = _mm512_set1_epi8((char)(3 << (2 * p)));
                 const __m512i x = _mm512_set1_epi32(quads[p]);
@@ -241,16 +246,16 @@ tile_unpacked(const int8_t *xq, int64_t k_padded, int64_t mr, const uint8_t *cod
 }
 
 #define AVX512_CASE(MR, NR) \
-    if (mr == MR && nr == NR) { tile_avx512_fixed(xq, k_padded, MR, w, NR, acc); return; }
+    if (mr == MR && nr == NR) { tile_avx512_fixed(xq, k_padded, MR, w, NR, stride, acc); return; }
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void
-tile_avx512(const int8_t *xq, int64_t k_padded, int64_t mr, const uint8_t *w, int64_t nr,
+tile_avx512(const int8_t *xq, int64_t k_padded, int64_t mr, const uint8_t *w, int64_t nr, int64_t stride,
             int32_t acc[MAX_MR][MAX_NR * 16]) {
     AVX512_CASE(1, 1) AVX512_CASE(1, 2) AVX512_CASE(1, 4) AVX512_CASE(1, 8)
     AVX512_CASE(2, 1) AVX512_CASE(2, 2) AVX512_CASE(2, 4) AVX512_CASE(2, 8)
     AVX512_CASE(4, 1) AVX512_CASE(4, 2) AVX512_CASE(4, 4)
     AVX512_CASE(8, 1) AVX512_CASE(8, 2)
-    tile_scalar(xq, k_padded, mr, w, nr, acc);
+    tile_scalar(xq, k_padded, mr, w, nr, stride, acc);
 }
 
 /* ---- 256-bit paths: each 64-byte block is two halves of 8 rows; masks only, one
@@ -270,7 +275,9 @@ dot_avxvnni(__m256i acc, __m256i codes, __m256i x) {
 #define TILE_256(NAME, TARGET, DOT)                                                          \
     __attribute__((target(TARGET))) static void NAME(const int8_t *xq, int64_t k_padded,     \
                                                      int64_t mr, const uint8_t *w, int64_t nr, \
+                                                     int64_t stride,                          \
                                                      int32_t acc_out[MAX_MR][MAX_NR * 16]) {  \
+        (void)stride;                                                                        \
         const int64_t kblocks = k_padded / 16;                                               \
         for (int64_t m = 0; m < mr; m++) {                                                   \
             const int32_t *quads = (const int32_t *)(xq + m * k_padded);                      \
@@ -321,7 +328,8 @@ static uint64_t read_portable(const uint8_t *data, int64_t bytes) {
     return folded;
 }
 
-typedef void (*tile_fn)(const int8_t *, int64_t, int64_t, const uint8_t *, int64_t,
+/* (xq, k_padded, mr, tile, nr, stride: the bytes from a tile to the next, acc) */
+typedef void (*tile_fn)(const int8_t *, int64_t, int64_t, const uint8_t *, int64_t, int64_t,
                         int32_t[MAX_MR][MAX_NR * 16]);
 
 static tile_fn tile_for(int isa) {
@@ -342,7 +350,7 @@ static int accumulate_prefill(const int8_t *xq, int64_t m_rows, int64_t k_padded
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        uint8_t *codes = malloc((size_t)(tile_bytes * 4));
+        uint8_t *codes = malloc((size_t)(k_padded / 16 * nr * 64 * 4));
         if (!codes) failed = 1;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; t++) {
@@ -354,7 +362,7 @@ static int accumulate_prefill(const int8_t *xq, int64_t m_rows, int64_t k_padded
                 if (!tile_unpacked(xq + m0 * k_padded, k_padded, rows, codes, nr, y, n_padded)) {
                     int32_t local[MAX_MR][MAX_NR * 16];
                     memset(local, 0, sizeof(local));
-                    tile_avx512(xq + m0 * k_padded, k_padded, rows, packed + t * tile_bytes, nr, local);
+                    tile_avx512(xq + m0 * k_padded, k_padded, rows, packed + t * tile_bytes, nr, tile_bytes, local);
                     for (int64_t m = 0; m < rows; m++)
                         memcpy(y + m * n_padded, local[m], sizeof(int32_t) * 16 * nr);
                 }
@@ -367,17 +375,20 @@ static int accumulate_prefill(const int8_t *xq, int64_t m_rows, int64_t k_padded
 #endif
 
 /* Integer accumulators sum_k code * xq for every token and row: the exact core, exposed
- * for tests. acc has m_rows x n_padded entries. */
+ * for tests. acc has m_rows x n_padded entries. Only the first k_padded columns of a
+ * weight packed with packed_k_padded columns are read: the first K blocks of a tile are a
+ * prefix of it, so a Matryoshka width prefix of the input needs only the tile stride. */
 int ryot_ternary_accumulate(const int8_t *xq, int64_t m_rows, int64_t k_padded,
-                            const uint8_t *packed, int64_t n_padded, int64_t nr, int64_t mr,
-                            int isa, int threads, int32_t *acc) {
-    if (nr < 1 || nr > MAX_NR || mr < 1 || mr > MAX_MR || k_padded % 16 || n_padded % (16 * nr))
+                            const uint8_t *packed, int64_t packed_k_padded, int64_t n_padded,
+                            int64_t nr, int64_t mr, int isa, int threads, int32_t *acc) {
+    if (nr < 1 || nr > MAX_NR || mr < 1 || mr > MAX_MR || k_padded % 16 || packed_k_padded % 16 ||
+        k_padded > packed_k_padded || n_padded % (16 * nr))
         return -1;
     if (!ryot_isa_supported(isa)) return -2;
     if (mr * nr > 16) mr = 16 / nr; /* keep the accumulators in registers: same result, faster */
     tile_fn tile = tile_for(isa);
     const int64_t tiles = n_padded / (16 * nr);
-    const int64_t tile_bytes = (k_padded / 16) * nr * 64;
+    const int64_t tile_bytes = (packed_k_padded / 16) * nr * 64;
     const int64_t mblocks = (m_rows + mr - 1) / mr;
 #ifdef RYOT_X86
     if (isa == ISA_AVX512VNNI && m_rows > 1) return accumulate_prefill(xq, m_rows, k_padded, packed, tiles, tile_bytes, nr, mr, threads, acc, n_padded);
@@ -388,7 +399,7 @@ int ryot_ternary_accumulate(const int8_t *xq, int64_t m_rows, int64_t k_padded,
             int32_t local[MAX_MR][MAX_NR * 16];
             memset(local, 0, sizeof(local));
             int64_t m0 = mb * mr, rows = m_rows - m0 < mr ? m_rows - m0 : mr;
-            tile(xq + m0 * k_padded, k_padded, rows, packed + t * tile_bytes, nr, local);
+            tile(xq + m0 * k_padded, k_padded, rows, packed + t * tile_bytes, nr, tile_bytes, local);
             for (int64_t m = 0; m < rows; m++)
                 memcpy(acc + (m0 + m) * n_padded + t * 16 * nr, local[m], sizeof(int32_t) * 16 * nr);
         }
@@ -411,10 +422,10 @@ static void rms_norm_rows(const float *x, int64_t m_rows, int64_t k, const float
 }
 
 /* y[m, n] for n < n_out: RMSNorm (when norm_weight is given), quantize, accumulate,
- * rescale. */
+ * rescale. x has k <= packed_k_padded columns, the first k of the packed weight. */
 int ryot_ternary_linear(const float *x, int64_t m_rows, int64_t k, const uint8_t *packed,
-                        int64_t n_out, int64_t nr, int64_t mr, float w_scale, int isa,
-                        int threads, float *y, const float *norm_weight, float norm_eps) {
+                        int64_t packed_k_padded, int64_t n_out, int64_t nr, int64_t mr, float w_scale,
+                        int isa, int threads, float *y, const float *norm_weight, float norm_eps) {
     const int64_t k_padded = (k + 15) / 16 * 16;
     const int64_t n_padded = (n_out + 16 * nr - 1) / (16 * nr) * (16 * nr);
     int8_t *xq = malloc((size_t)(m_rows * k_padded));
@@ -429,8 +440,8 @@ int ryot_ternary_linear(const float *x, int64_t m_rows, int64_t k, const uint8_t
             x = normed;
         }
         ryot_quantize(x, m_rows, k, k_padded, xq, scale, sums);
-        status = ryot_ternary_accumulate(xq, m_rows, k_padded, packed, n_padded, nr, mr, isa,
-                                         threads, acc);
+        status = ryot_ternary_accumulate(xq, m_rows, k_padded, packed, packed_k_padded, n_padded, nr,
+                                         mr, isa, threads, acc);
         for (int64_t m = 0; status == 0 && m < m_rows; m++) {
             const float factor = w_scale / scale[m];
             for (int64_t n = 0; n < n_out; n++)
@@ -466,4 +477,370 @@ uint64_t ryot_read_bytes(const uint8_t *data, int64_t bytes, int threads) {
 #endif
     }
     return folded;
+}
+
+/* ---- sparse down-projection (Q-Sparse): read only the kept columns ---------------------
+ * Column layout (written by pack_ternary_columns): column j is n_padded / 4 contiguous
+ * bytes of 2-bit codes w + 1, so a kept column is one contiguous read and a width prefix
+ * of K is a prefix of the columns. Each 64-row chunk is 16 bytes; byte b holds row
+ * 16 f + b of the chunk in its field f. Kept columns go four at a time (padded with zero
+ * activations): the bytes of their chunks, transposed so that 32-bit lane b holds byte b
+ * of each, are per field the u8 operand of dot products against the four int8
+ * activations, 16 rows in order. As in the dense decode path the fields are masked, not
+ * shifted (the sums of field f are 4^f too large until the end: exact while keep < 2^17),
+ * and the sum of the activations is subtracted at the end. Threads split the kept
+ * columns; each sums all rows, 256 at a time in registers, for a group of kept columns
+ * at a time, while it asks memory for the same rows of the next group's columns, a few
+ * lines per four columns summed (measured faster than asking for whole columns in a
+ * burst, or for the next block of the same columns). */
+#define COLUMN_BLOCK 256
+#define COLUMN_GROUP 16 /* kept columns; 8 to 16 measured best */
+
+/* acc[r] += sum over kept i < keep (a multiple of 4) of code[r, index[i]] * xq[i] for the
+ * 256 rows r of a block; `lines` is the block's 64 bytes in column 0, columns are
+ * column_bytes apart. The block's lines in columns next[0, n_next) are prefetched. */
+typedef void (*column_block_fn)(const int8_t *xq, const int32_t *index, int64_t keep, const int32_t *next,
+                                int64_t n_next, const uint8_t *lines, int64_t column_bytes, int32_t *acc);
+
+static inline void prefetch_next(const int32_t *next, int64_t n_next, int64_t i, const uint8_t *lines,
+                                 int64_t column_bytes) {
+    for (int64_t c = i; c < i + 4 && c < n_next; c++) __builtin_prefetch(lines + next[c] * column_bytes);
+}
+
+static void column_block_scalar(const int8_t *xq, const int32_t *index, int64_t keep, const int32_t *next,
+                                int64_t n_next, const uint8_t *lines, int64_t column_bytes, int32_t *acc) {
+    for (int64_t i = 0; i < keep; i++) {
+        if (i % 4 == 0) prefetch_next(next, n_next, i, lines, column_bytes);
+        const uint8_t *block = lines + index[i] * column_bytes;
+        for (int s = 0; s < 4; s++)
+            for (int f = 0; f < 4; f++)
+                for (int b = 0; b < 16; b++) acc[64 * s + 16 * f + b] += ((block[16 * s + b] >> (2 * f)) & 3) * xq[i];
+    }
+}
+
+#ifdef RYOT_X86
+/* The four chunks side by side in one register; byte 4 b + c of the transpose is byte
+ * 16 c + b of that register, byte b of column c. */
+#define COLUMNS_OF(b) b, 16 + b, 32 + b, 48 + b
+static const uint8_t TRANSPOSE_4x16[64] = {
+    COLUMNS_OF(0),  COLUMNS_OF(1),  COLUMNS_OF(2),  COLUMNS_OF(3),  COLUMNS_OF(4),  COLUMNS_OF(5),
+    COLUMNS_OF(6),  COLUMNS_OF(7),  COLUMNS_OF(8),  COLUMNS_OF(9),  COLUMNS_OF(10), COLUMNS_OF(11),
+    COLUMNS_OF(12), COLUMNS_OF(13), COLUMNS_OF(14), COLUMNS_OF(15)};
+
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx512vbmi"))) static void
+column_block_avx512(const int8_t *xq, const int32_t *index, int64_t keep, const int32_t *next, int64_t n_next,
+                    const uint8_t *lines, int64_t column_bytes, int32_t *acc) {
+    const __m512i transpose = _mm512_loadu_si512((const void *)TRANSPOSE_4x16);
+    __m512i sum[16]; /* [chunk][field]: rows 64 s + 16 f + 0..15, times 4^f */
+    for (int v = 0; v < 16; v++) sum[v] = _mm512_setzero_si512();
+    for (int64_t i = 0; i < keep; i += 4) {
+        int32_t quad;
+        memcpy(&quad, xq + i, 4);
+        const __m512i x = _mm512_set1_epi32(quad);
+        prefetch_next(next, n_next, i, lines, column_bytes);
+        const uint8_t *col[4];
+        for (int c = 0; c < 4; c++) col[c] = lines + index[i + c] * column_bytes;
+        for (int s = 0; s < 4; s++) {
+            __m512i chunks = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(col[0] + 16 * s)));
+            chunks = _mm512_inserti32x4(chunks, _mm_loadu_si128((const __m128i *)(col[1] + 16 * s)), 1);
+            chunks = _mm512_inserti32x4(chunks, _mm_loadu_si128((const __m128i *)(col[2] + 16 * s)), 2);
+            chunks = _mm512_inserti32x4(chunks, _mm_loadu_si128((const __m128i *)(col[3] + 16 * s)), 3);
+            const __m512i codes = _mm512_permutexvar_epi8(transpose, chunks);
+            for (int f = 0; f < 4; f++) {
+                const __m512i field = _mm512_and_si512(codes, _mm512_set1_epi8((char)(3 << (2 * f))));
+                sum[4 * s + f] = _mm512_dpbusd_epi32(sum[4 * s + f], field, x);
+            }
+        }
+    }
+    for (int v = 0; v < 16; v++) {
+        const __m512i scaled = _mm512_srai_epi32(sum[v], 2 * (v % 4));
+        const __m512i total = _mm512_add_epi32(_mm512_loadu_si512((const void *)(acc + 16 * v)), scaled);
+        _mm512_storeu_si512((void *)(acc + 16 * v), total);
+    }
+}
+
+/* 256-bit: a chunk at a time. Chunks of columns 0 | 2 and 1 | 3 side by side, interleaved
+ * by bytes, regrouped by 128-bit halves and interleaved by 16-bit pairs, give the
+ * transpose's lanes b = 0-3 | 8-11 and b = 4-7 | 12-15. */
+#define COLUMN_256(NAME, TARGET, DOT)                                                                           \
+    __attribute__((target(TARGET))) static void NAME(const int8_t *xq, const int32_t *index, int64_t keep,      \
+                                                     const int32_t *next, int64_t n_next, const uint8_t *lines, \
+                                                     int64_t column_bytes, int32_t *acc) {                    \
+        for (int s = 0; s < 4; s++) {                                                                           \
+            __m256i sum[4][2]; /* [field][h]: rows 64 s + 16 f + 4 h + (0-3 | 8-11), times 4^f */               \
+            for (int f = 0; f < 4; f++) sum[f][0] = sum[f][1] = _mm256_setzero_si256();                         \
+            for (int64_t i = 0; i < keep; i += 4) {                                                             \
+                if (s == 0) prefetch_next(next, n_next, i, lines, column_bytes);                                \
+                int32_t quad;                                                                                   \
+                memcpy(&quad, xq + i, 4);                                                                       \
+                const __m256i x = _mm256_set1_epi32(quad);                                                      \
+                const __m128i *col[4];                                                                          \
+                for (int c = 0; c < 4; c++) col[c] = (const __m128i *)(lines + index[i + c] * column_bytes + 16 * s); \
+                const __m256i even = _mm256_loadu2_m128i(col[2], col[0]), odd = _mm256_loadu2_m128i(col[3], col[1]); \
+                const __m256i lo = _mm256_unpacklo_epi8(even, odd), hi = _mm256_unpackhi_epi8(even, odd);        \
+                const __m256i pairs01 = _mm256_permute2x128_si256(lo, hi, 0x20);                                \
+                const __m256i pairs23 = _mm256_permute2x128_si256(lo, hi, 0x31);                                \
+                const __m256i codes[2] = {_mm256_unpacklo_epi16(pairs01, pairs23),                              \
+                                          _mm256_unpackhi_epi16(pairs01, pairs23)};                             \
+                for (int f = 0; f < 4; f++)                                                                     \
+                    for (int h = 0; h < 2; h++)                                                                 \
+                        sum[f][h] = DOT(sum[f][h], _mm256_and_si256(codes[h], _mm256_set1_epi8((char)(3 << (2 * f)))), \
+                                        x);                                                                     \
+            }                                                                                                   \
+            for (int f = 0; f < 4; f++)                                                                         \
+                for (int h = 0; h < 2; h++) {                                                                   \
+                    __m128i *low = (__m128i *)(acc + 64 * s + 16 * f + 4 * h), *high = low + 2;                 \
+                    const __m256i scaled = _mm256_srai_epi32(sum[f][h], 2 * f);                                 \
+                    const __m256i total = _mm256_add_epi32(_mm256_loadu2_m128i(high, low), scaled);             \
+                    _mm256_storeu2_m128i(high, low, total);                                                     \
+                }                                                                                               \
+        }                                                                                                       \
+    }
+
+COLUMN_256(column_block_avx2, "avx2,fma", dot_avx2)
+COLUMN_256(column_block_avxvnni, "avx2,avxvnni", dot_avxvnni)
+#endif
+
+/* The AVX-512 kernel needs VBMI (vpermb); without it the AVX2 kernel runs. */
+static column_block_fn column_block_for(int isa) {
+#ifdef RYOT_X86
+    if (isa == ISA_AVX512VNNI && __builtin_cpu_supports("avx512vbmi")) return column_block_avx512;
+    if (isa >= ISA_AVXVNNI && __builtin_cpu_supports("avxvnni")) return column_block_avxvnni;
+    if (isa >= ISA_AVX2) return column_block_avx2;
+#endif
+    (void)isa;
+    return column_block_scalar;
+}
+
+/* part[n] = sum over kept i in [first, last) of code[n, index[i]] * xq[i], for all rows. */
+static void column_range(column_block_fn block, const int8_t *xq, const int32_t *index, int64_t first,
+                         int64_t last, const uint8_t *columns, int64_t n_padded, int32_t *part) {
+    const int64_t column_bytes = n_padded / 4;
+    memset(part, 0, sizeof(int32_t) * (size_t)n_padded);
+    for (int64_t group = first; group < last; group += COLUMN_GROUP) {
+        const int64_t end = group + COLUMN_GROUP < last ? group + COLUMN_GROUP : last;
+        const int64_t n_next = last - end < COLUMN_GROUP ? last - end : COLUMN_GROUP;
+        for (int64_t b = 0; b < n_padded / COLUMN_BLOCK; b++)
+            block(xq + group, index + group, end - group, index + end, n_next, columns + b * (COLUMN_BLOCK / 4),
+                  column_bytes, part + b * COLUMN_BLOCK);
+    }
+}
+
+/* Integer accumulators sum_i w[n, index[i]] * xq[i] for each token (keep entries a token),
+ * the exact core of the sparse path, exposed for tests. acc has m_rows x n_padded entries. */
+int ryot_sparse_accumulate(const int8_t *xq, const int32_t *index, int64_t m_rows, int64_t keep,
+                           const uint8_t *columns, int64_t n_padded, int isa, int threads, int32_t *acc) {
+    if (keep < 0 || keep >= 1 << 17 || n_padded % COLUMN_BLOCK || threads < 1) return -1;
+    if (!ryot_isa_supported(isa)) return -2;
+    column_block_fn block = column_block_for(isa);
+    const int64_t keep4 = (keep + 3) / 4 * 4;
+    int8_t *xq4 = calloc((size_t)(m_rows * keep4), 1); /* padding: activation 0 on column 0 */
+    int32_t *index4 = calloc((size_t)(m_rows * keep4), sizeof(int32_t));
+    int32_t *parts = malloc(sizeof(int32_t) * (size_t)(threads * n_padded));
+    int status = -3;
+    if (xq4 && index4 && parts) {
+        for (int64_t m = 0; m < m_rows; m++) {
+            memcpy(xq4 + m * keep4, xq + m * keep, (size_t)keep);
+            memcpy(index4 + m * keep4, index + m * keep, sizeof(int32_t) * (size_t)keep);
+        }
+#pragma omp parallel num_threads(threads)
+        {
+            const int64_t count = omp_get_num_threads(), me = omp_get_thread_num(), quads = keep4 / 4;
+            const int64_t n0 = n_padded * me / count, n1 = n_padded * (me + 1) / count;
+            for (int64_t m = 0; m < m_rows; m++) {
+                column_range(block, xq4 + m * keep4, index4 + m * keep4, quads * me / count * 4,
+                             quads * (me + 1) / count * 4, columns, n_padded, parts + me * n_padded);
+                int32_t total = 0; /* the codes are w + 1 */
+                for (int64_t i = 0; i < keep; i++) total += xq[m * keep + i];
+                int32_t *out = acc + m * n_padded;
+                for (int64_t n = n0; n < n1; n++) out[n] = -total;
+#pragma omp barrier
+                for (int64_t t = 0; t < count; t++) /* each thread sums its share of the rows */
+                    for (int64_t n = n0; n < n1; n++) out[n] += parts[t * n_padded + n];
+#pragma omp barrier
+            }
+        }
+        status = 0;
+    }
+    free(xq4);
+    free(index4);
+    free(parts);
+    return status;
+}
+
+/* ---- top-k selection -------------------------------------------------------------
+ * Magnitudes |x| compared as integers (the float's bits without the sign). The keep-th
+ * largest is found by a binary search over its top 11 bits, each step one counting pass
+ * (vector compares, no histogram: a histogram's increments serialize), then by a radix
+ * select over the few candidates sharing those bits, 10 and 10 bits at a time. The
+ * passes below write their survivors to `out` (which may be `keys` itself) branch-free or
+ * by vector compress and whole-vector stores: either way no write passes position n - 1. */
+static int64_t in_range_portable(const uint32_t *keys, int64_t n, uint32_t lo, uint32_t hi, uint32_t *out) {
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        out[kept] = keys[i];
+        kept += keys[i] >= lo && keys[i] <= hi;
+    }
+    return kept;
+}
+
+/* How many keys are >= threshold; with `out`, their positions too. */
+static int64_t at_least_portable(const uint32_t *keys, int64_t n, uint32_t threshold, int32_t *out) {
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (out) out[kept] = (int32_t)i;
+        kept += keys[i] >= threshold;
+    }
+    return kept;
+}
+
+#ifdef RYOT_X86
+__attribute__((target("avx512f"))) static int64_t
+in_range_avx512(const uint32_t *keys, int64_t n, uint32_t lo, uint32_t hi, uint32_t *out) {
+    const __m512i vlo = _mm512_set1_epi32((int)lo), vhi = _mm512_set1_epi32((int)hi);
+    int64_t kept = 0, i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512i v = _mm512_loadu_si512((const void *)(keys + i));
+        const __mmask16 in = _mm512_cmpge_epu32_mask(v, vlo) & _mm512_cmple_epu32_mask(v, vhi);
+        _mm512_storeu_si512((void *)(out + kept), _mm512_maskz_compress_epi32(in, v));
+        kept += __builtin_popcount(in);
+    }
+    return kept + in_range_portable(keys + i, n - i, lo, hi, out + kept);
+}
+
+__attribute__((target("avx512f"))) static int64_t
+at_least_avx512(const uint32_t *keys, int64_t n, uint32_t threshold, int32_t *out) {
+    const __m512i vt = _mm512_set1_epi32((int)threshold), step = _mm512_set1_epi32(16);
+    __m512i position = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int64_t kept = 0, i = 0;
+    for (; i + 16 <= n; i += 16, position = _mm512_add_epi32(position, step)) {
+        const __mmask16 in = _mm512_cmpge_epu32_mask(_mm512_loadu_si512((const void *)(keys + i)), vt);
+        if (out) _mm512_storeu_si512((void *)(out + kept), _mm512_maskz_compress_epi32(in, position));
+        kept += __builtin_popcount(in);
+    }
+    const int64_t tail = at_least_portable(keys + i, n - i, threshold, out ? out + kept : NULL);
+    for (int64_t j = kept; out && j < kept + tail; j++) out[j] += (int32_t)i;
+    return kept + tail;
+}
+#endif
+
+/* Writes to `index`, ascending, the `keep` (< k) entries of row[0, k) largest in
+ * magnitude; among equal magnitudes the lower index is kept, so the choice is
+ * deterministic. keys, work and taken hold k words each. */
+static void select_top(const float *row, int64_t k, int64_t keep, uint32_t *keys, uint32_t *work,
+                       int32_t *taken, int32_t *index, int wide) {
+    int64_t (*in_range)(const uint32_t *, int64_t, uint32_t, uint32_t, uint32_t *) = in_range_portable;
+    int64_t (*at_least)(const uint32_t *, int64_t, uint32_t, int32_t *) = at_least_portable;
+#ifdef RYOT_X86
+    if (wide) {
+        in_range = in_range_avx512;
+        at_least = at_least_avx512;
+    }
+#else
+    (void)wide;
+#endif
+    for (int64_t i = 0; i < k; i++) {
+        memcpy(&keys[i], &row[i], sizeof(uint32_t));
+        keys[i] &= 0x7fffffffu;
+    }
+    /* top bits: at least keep keys are >= lo << 20, fewer (`above`) are >= hi << 20 */
+    uint32_t lo = 0, hi = 2048;
+    int64_t above = 0;
+    while (hi - lo > 1) {
+        const uint32_t mid = (lo + hi) / 2;
+        const int64_t count = at_least(keys, k, mid << 20, NULL);
+        if (count >= keep) lo = mid;
+        else hi = mid, above = count;
+    }
+    int64_t rank = keep - above; /* the rank-th largest of the candidates is the threshold */
+    uint32_t threshold = lo << 20;
+    int64_t candidates = in_range(keys, k, threshold, threshold | 0xfffffu, work);
+    for (int shift = 10; shift >= 0; shift -= 10) {
+        int32_t count[1024] = {0};
+        for (int64_t i = 0; i < candidates; i++) count[(work[i] >> shift) & 1023]++;
+        uint32_t digit = 1023;
+        while (count[digit] < rank) rank -= count[digit--];
+        threshold |= digit << shift;
+        candidates = in_range(work, candidates, threshold, threshold | ((1u << shift) - 1), work);
+    }
+    /* keep - rank magnitudes are above the threshold, `candidates` equal to it */
+    if (candidates == rank) {
+        memcpy(index, taken, sizeof(int32_t) * (size_t)at_least(keys, k, threshold, taken));
+        return;
+    }
+    for (int64_t i = 0, kept = 0; kept < keep; i++) { /* ties: the lower indices */
+        const int tie = keys[i] == threshold && rank > 0;
+        rank -= tie;
+        index[kept] = (int32_t)i;
+        kept += keys[i] > threshold || tie;
+    }
+}
+
+/* For each token: RMSNorm of the row (when norm_weight is given, as the dense path does),
+ * the indices (ascending) of its `keep` largest entries by magnitude and their int8 codes,
+ * quantized as the dense path quantizes the whole row (the row's absmax is kept). index
+ * and xq have m_rows x keep entries, keep <= k. */
+int ryot_sparse_quantize(const float *x, int64_t m_rows, int64_t k, int64_t keep, const float *norm_weight,
+                         float norm_eps, int32_t *index, int8_t *xq, float *scale) {
+    if (keep < 1 || keep > k) return -1;
+#ifdef RYOT_X86
+    const int wide = __builtin_cpu_supports("avx512f");
+#else
+    const int wide = 0;
+#endif
+    float *normed = norm_weight ? malloc(sizeof(float) * (size_t)(m_rows * k)) : NULL;
+    uint32_t *words = malloc(sizeof(uint32_t) * 3 * (size_t)k);
+    int8_t *codes = malloc((size_t)k);
+    int status = -3;
+    if (words && codes && (normed || !norm_weight)) {
+        if (normed) {
+            rms_norm_rows(x, m_rows, k, norm_weight, norm_eps, normed);
+            x = normed;
+        }
+        uint32_t *keys = words, *work = words + k;
+        int32_t *taken = (int32_t *)(words + 2 * k);
+        for (int64_t m = 0; m < m_rows; m++) {
+            int32_t *kept = index + m * keep;
+            int32_t sum; /* unused: the kernel sums the kept codes itself */
+            ryot_quantize(x + m * k, 1, k, k, codes, scale + m, &sum);
+            if (keep == k)
+                for (int64_t i = 0; i < k; i++) kept[i] = (int32_t)i;
+            else
+                select_top(x + m * k, k, keep, keys, work, taken, kept, wide);
+            for (int64_t i = 0; i < keep; i++) xq[m * keep + i] = codes[kept[i]];
+        }
+        status = 0;
+    }
+    free(normed);
+    free(words);
+    free(codes);
+    return status;
+}
+
+/* y[m, n] for n < n_out from the `keep` largest entries of each row of x [m_rows, k]
+ * (k <= the packed columns: a width prefix): quantize as above, accumulate the kept
+ * columns only, rescale like the dense path. */
+int ryot_sparse_linear(const float *x, int64_t m_rows, int64_t k, int64_t keep, const uint8_t *columns,
+                       int64_t n_out, float w_scale, int isa, int threads, float *y,
+                       const float *norm_weight, float norm_eps) {
+    const int64_t n_padded = (n_out + COLUMN_BLOCK - 1) / COLUMN_BLOCK * COLUMN_BLOCK;
+    int32_t *index = malloc(sizeof(int32_t) * (size_t)(m_rows * keep));
+    int8_t *xq = malloc((size_t)(m_rows * keep));
+    float *scale = malloc(sizeof(float) * (size_t)m_rows);
+    int32_t *acc = malloc(sizeof(int32_t) * (size_t)(m_rows * n_padded));
+    int status = -3;
+    if (index && xq && scale && acc) {
+        status = ryot_sparse_quantize(x, m_rows, k, keep, norm_weight, norm_eps, index, xq, scale);
+        if (status == 0)
+            status = ryot_sparse_accumulate(xq, index, m_rows, keep, columns, n_padded, isa, threads, acc);
+        for (int64_t m = 0; status == 0 && m < m_rows; m++) {
+            const float factor = w_scale / scale[m];
+            for (int64_t n = 0; n < n_out; n++) y[m * n_out + n] = (float)acc[m * n_padded + n] * factor;
+        }
+    }
+    free(index);
+    free(xq);
+    free(scale);
+    free(acc);
+    return status;
 }

@@ -2,8 +2,12 @@
 
 Weights are quantized per tensor to {-1, 0, +1} times their absolute mean; activations
 per token to int8 by their absolute maximum, after an RMSNorm inside the layer (SubLN).
-The straight-through estimator (`x + (q(x) - x).detach()`) lets gradients pass the
-rounding unchanged, so the latent fp32 weights keep learning.
+The straight-through estimator lets gradients pass the rounding unchanged, so the
+latent fp32 weights keep learning. What the layer keeps for backward is the
+`activation_compression` knob (see `compression.py`), picked when the layer is built.
+
+A BitLinear can run on a prefix of its weight (the first `rows` outputs, and as many
+inputs as `x` has): the nested widths of a Matryoshka FFN share one weight that way.
 """
 
 from __future__ import annotations
@@ -12,51 +16,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EPS = 1e-5
-
-
-def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ternary codes in {-1, 0, 1} and the per-tensor scale: weight ≈ codes · scale."""
-    scale = weight.abs().mean().clamp(min=EPS)
-    return (weight / scale).round().clamp(-1, 1), scale
-
-
-def int8_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Int8 codes in [-128, 127] and per-token scales: x ≈ codes / scale."""
-    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
-    return (x * scale).round().clamp(-128, 127), scale
-
-
-def fake_quantize_weights(weight: torch.Tensor) -> torch.Tensor:
-    codes, scale = ternarize(weight)
-    return codes * scale
-
-
-def fake_quantize_activations(x: torch.Tensor) -> torch.Tensor:
-    codes, scale = int8_activations(x)
-    return codes / scale
-
-
-def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-    """`quantized` in the forward pass, identity in the backward pass."""
-    return x + (quantized - x).detach()
+from ryot_ray.model.compression import QUANTIZED_LINEARS, SAVERS
+from ryot_ray.model.quantize import int8_activations, ternarize
 
 
 class BitLinear(nn.Linear):
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, eps: float = 1e-6):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, eps: float = 1e-6,
+                 activation_compression: str = "none"):
         super().__init__(in_features, out_features, bias=bias)
         self.norm = nn.RMSNorm(in_features, eps=eps)
+        self.saver = SAVERS[activation_compression]
+        self.quantized_linear = QUANTIZED_LINEARS[activation_compression]
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> BitLinear:
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    def from_linear(cls, linear: nn.Linear, activation_compression: str = "none") -> BitLinear:
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    activation_compression=activation_compression)
         layer.weight.data.copy_(linear.weight.data)
         if linear.bias is not None:
             layer.bias.data.copy_(linear.bias.data)
         return layer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
-        x = straight_through(x, fake_quantize_activations(x))
-        weight = straight_through(self.weight, fake_quantize_weights(self.weight))
-        return F.linear(x, weight, self.bias)
+    def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalized x, its int8 codes, per-token scales), over as many inputs as x has."""
+        cols = x.shape[-1]
+        x = F.rms_norm(x, (cols,), self.norm.weight[:cols], self.norm.eps)
+        return x, *int8_activations(x.detach())
+
+    def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        cols = x.shape[-1]
+        codes, scale = ternarize(self.weight.detach())
+        bias = None if self.bias is None else self.bias[:rows]
+        return self.quantized_linear(x, self.norm.weight[:cols], self.norm.eps, self.weight[:rows, :cols],
+                                     codes[:rows, :cols], scale, bias, self.saver)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, saved activations: {self.saver.name}"

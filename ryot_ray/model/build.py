@@ -1,8 +1,11 @@
 """Build the causal LM a config asks for: a Llama from `transformers`, then its linears.
 
 The `quantization` knob picks the linear layer when the model is built: `bitnet` turns
-every linear inside the decoder blocks into a `BitLinear`; `none` keeps `nn.Linear`, the
-full-precision reference of the same architecture. Embeddings and `lm_head` stay fp32.
+every linear inside the decoder blocks into a `BitLinear` (keeping the activations for
+backward as `activation_compression` says) and every MLP into a `MatryoshkaMLP`
+(`mrl_depth` nested widths, `sparse_k` activations kept); `none` keeps `nn.Linear`, the
+dense full-precision reference of the same architecture. Embeddings and `lm_head` stay
+fp32.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from ryot_ray.config import ModelConfig
 from ryot_ray.model.bitlinear import BitLinear
+from ryot_ray.model.matryoshka import checked_widths, to_matryoshka
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -40,19 +44,27 @@ def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig
     )
 
 
-def to_bitnet(model: LlamaForCausalLM) -> LlamaForCausalLM:
-    """Swap every nn.Linear inside the decoder blocks for a BitLinear with the same weights."""
+def to_bitnet(model: LlamaForCausalLM, config: ModelConfig) -> LlamaForCausalLM:
+    """Swap every nn.Linear inside the decoder blocks for a BitLinear with the same
+    weights, then nest the MLPs."""
     for module in list(model.model.layers.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
-                setattr(module, name, BitLinear.from_linear(child))
-    return model
+                setattr(module, name, BitLinear.from_linear(child, config.activation_compression))
+    return to_matryoshka(model, config.mrl_depth, config.sparse_k)
 
 
-LINEAR_BUILDERS: dict[str, Callable[[LlamaForCausalLM], LlamaForCausalLM]] = {
+LINEAR_BUILDERS: dict[str, Callable[[LlamaForCausalLM, ModelConfig], LlamaForCausalLM]] = {
     "bitnet": to_bitnet,
-    "none": lambda model: model,
+    "none": lambda model, config: model,
 }
+
+
+def check_knobs(config: ModelConfig) -> None:
+    """The knob checks that need a preset's FFN size, without building the model (a
+    pretrained model's size is checked when it is built)."""
+    if config.quantization == "bitnet" and not config.pretrained:
+        checked_widths(PRESETS[config.preset]["intermediate_size"], config.mrl_depth, config.sparse_k)
 
 
 def build_model(
@@ -65,4 +77,4 @@ def build_model(
         model = LlamaForCausalLM.from_pretrained(config.pretrained, dtype="float32")
     else:
         model = LlamaForCausalLM(llama_config(config.preset, tokenizer))
-    return LINEAR_BUILDERS[config.quantization](model)
+    return LINEAR_BUILDERS[config.quantization](model, config)

@@ -32,7 +32,9 @@ from ryot_ray.config import Config
 from ryot_ray.data.examples import collate, encode_problem, evaluation_problems, training_examples
 from ryot_ray.data.tokenizer import build_char_tokenizer, load_tokenizer
 from ryot_ray.machine import machine_facts
+from ryot_ray.model.activation_stats import activation_compression
 from ryot_ray.model.build import build_model
+from ryot_ray.model.matryoshka import ffn_levels, sampled_level, use_width
 from ryot_ray.train.checkpoint import TrainingState, load_optimizer, load_weights, read_checkpoint_record, save_checkpoint
 from ryot_ray.train.distributed import all_reduce, world_size
 from ryot_ray.train.evaluate import exact_match, mean_loss
@@ -90,6 +92,7 @@ def train_epoch(
         sync = contextlib.nullcontext()
         if isinstance(model, DistributedDataParallel) and not boundary:
             sync = model.no_sync()
+        use_width(model, sampled_level(config.seed, state.step, index % accum, config.model.mrl_depth))
         with sync, autocast:
             loss = model(**batch).loss
             (loss / window).backward()
@@ -121,6 +124,7 @@ def train_epoch(
             recent = statistics.fmean(stats.losses[-progress_every:])
             log.info("epoch %d: step %d/%d, loss %.4f, lr %.2e",
                      state.epoch + 1, len(stats.losses), steps_per_epoch, recent, stats.lr)
+    use_width(model, 0)
     return stats
 
 
@@ -208,14 +212,34 @@ def train_loop_per_worker(loop_config: dict) -> None:
         record["val_loss"] = mean_loss(core, validation_examples, tokenizer.pad_token_id,
                                        config.eval.batch_size, rank, world)
         record.update(evaluate(core, problems=validation))
+        record.update(narrower_widths(core, evaluate, validation, record["accuracy"]))
+        compression = activation_compression(
+            core, collate(validation_examples[: config.eval.batch_size], tokenizer.pad_token_id))
+        if compression:
+            record["activation_compression"] = compression
         state.epoch += 1
         if state.epoch == config.train.epochs:
-            test = evaluate(core, problems=evaluation_problems(config.data, "test", config.seed))
+            test_problems = evaluation_problems(config.data, "test", config.seed)
+            test = evaluate(core, problems=test_problems)
+            test |= narrower_widths(core, evaluate, test_problems, test["accuracy"])
             record.update({f"test_{key}": value for key, value in test.items()})
             state.status = "finished"
         record["eval_time_s"] = time.perf_counter() - eval_start
         state.history.append(record)
         _report(record, core, tokenizer, config, state, optimizer, rank)
+
+
+def narrower_widths(model: torch.nn.Module, evaluate, problems, full_width_accuracy: float) -> dict:
+    """Accuracy at each nested FFN width, the full one included ({} without nesting)."""
+    widths = ffn_levels(model)
+    if len(widths) < 2:
+        return {}
+    by_width = {str(widths[0]): full_width_accuracy}
+    for level, width in enumerate(widths[1:], start=1):
+        use_width(model, level)
+        by_width[str(width)] = evaluate(model, problems=problems)["accuracy"]
+    use_width(model, 0)
+    return {"accuracy_by_width": by_width}
 
 
 def _report(record, model, tokenizer, config, state, optimizer, rank) -> None:

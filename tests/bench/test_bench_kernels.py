@@ -2,7 +2,7 @@
 
 import pytest
 
-from ryot_ray.bench.decode import bench_decode, decode_bytes, build_variant, peak_rss_mb, table as decode_table
+from ryot_ray.bench.decode import bench_decode, decode_bytes, build_variant, peak_rss, table as decode_table
 from ryot_ray.bench.kernels import bench_kernels, table as kernels_table
 from ryot_ray.kernels.ternary import native_isas
 
@@ -27,16 +27,19 @@ def test_kernel_rows_hold_every_path_and_paired_ratios():
 
 def test_decode_variants_and_bounds():
     result = bench_decode("tiny", rounds=1, prompt_tokens=4, new_tokens=3, memory=False)
-    assert set(result["variants"]) == {"reference", "transformers", "ternary"}
+    assert set(result["variants"]) == {"reference", "transformers", "ternary", "ternary_int8_head"}
     for variant in result["variants"].values():
         assert variant["decode_tokens_per_s"]["median"] > 0 and variant["ttft_ms"]["median"] > 0
         assert variant["fraction_of_bound"] == pytest.approx(
             variant["decode_tokens_per_s"]["median"] / variant["bandwidth_bound_tokens_per_s"])
-    assert result["variants"]["ternary"]["bytes_read_per_token"] < result["variants"]["reference"]["bytes_read_per_token"]
-    for name in ("reference", "ternary"):
+    bytes_read = {name: v["bytes_read_per_token"] for name, v in result["variants"].items()}
+    assert bytes_read["ternary_int8_head"] < bytes_read["ternary"] < bytes_read["reference"]
+    for name in ("reference", "ternary", "ternary_int8_head"):
         split = result["variants"][name]["time_split"]
         assert split["linear_ms_per_token"] > 0 and split["outside_linears_ms_per_token"] > 0
-    assert "ternary vs reference" in decode_table(result)
+    assert set(result["speedups"]) == {f"{t} vs {p}" for t in ("ternary", "ternary_int8_head")
+                                       for p in ("reference", "transformers")}
+    assert "ternary_int8_head vs reference" in decode_table(result)
 
 
 def test_decode_bytes_count_packed_weights_for_the_frozen_model():
@@ -48,5 +51,5 @@ def test_decode_bytes_count_packed_weights_for_the_frozen_model():
 
 
 def test_peak_rss_is_measured_in_a_fresh_process():
-    peak, answering_only = peak_rss_mb("ternary", "tiny", prompt_tokens=4, new_tokens=2, threads=1)
+    peak, answering_only = peak_rss("ternary", "tiny", prompt_tokens=4, new_tokens=2, threads=1)
     assert peak > 50 and answering_only

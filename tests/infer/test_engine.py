@@ -75,3 +75,19 @@ def test_bad_requests(trained):
         engine.generate(["a", "b"])
     with pytest.raises(ValueError, match="exceed the cache length"):
         engine.generate(["rev abcdefgh|"], SamplingConfig(max_new_tokens=8))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_paths_share_one_prefill_and_equal_separate_runs(trained, frozen):
+    model, tokenizer, *_ = trained
+    if frozen:
+        model = freeze(copy.deepcopy(model))
+    engine = Engine(model, tokenizer, max_batch=5, max_length=40)
+    hot = SamplingConfig(max_new_tokens=10, temperature=1.3, seed=11)
+    paths = engine.generate_paths("rev abcd|", 5, hot)
+    separate = [engine.generate(["rev abcd|"], SamplingConfig(max_new_tokens=10, temperature=1.3, seed=11 + i))
+                for i in range(5)]
+    assert paths.token_ids == [run.token_ids[0] for run in separate]
+    assert len(set(paths.texts)) > 1  # the paths differ from each other
+    with pytest.raises(ValueError, match="takes 1 to 5"):
+        engine.generate_paths("rev abcd|", 6, hot)

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from ryot_ray.kernels.pack import GROUP, pack_ternary, unpack_ternary
+from ryot_ray.kernels.pack import (
+    COLUMN_BLOCK, GROUP, pack_ternary, pack_ternary_columns, unpack_ternary, unpack_ternary_columns,
+)
 
 
 @pytest.mark.parametrize("n, k, rows_per_tile", [(16, 16, 1), (37, 50, 2), (64, 128, 4), (5, 3, 8), (200, 33, 1)])
@@ -32,8 +34,44 @@ def test_tile_groups_sit_side_by_side():
     assert torch.equal(one.transpose(0, 1), two)
 
 
-def test_rejects_non_ternary():
+def test_a_width_prefix_is_a_prefix_of_every_tile():
+    codes = torch.randint(-1, 2, (64, 96), dtype=torch.int8)
+    full = pack_ternary(codes, 1.0, rows_per_tile=2).data.view(2, -1)  # [tile][kblock, group, 64]
+    prefix = pack_ternary(codes[:, :32], 1.0, rows_per_tile=2).data.view(2, -1)
+    assert torch.equal(full[:, : prefix.shape[1]], prefix)
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (37, 50), (256, 16), (600, 33), (1000, 7)])
+def test_column_round_trip_is_exact_with_padding(n, k):
+    torch.manual_seed(n + k)
+    codes = torch.randint(-1, 2, (n, k), dtype=torch.int8)
+    packed = pack_ternary_columns(codes, 0.5)
+    assert torch.equal(unpack_ternary_columns(packed), codes)
+    assert packed.padded_out % COLUMN_BLOCK == 0
+    assert packed.data.numel() == packed.padded_out * k // 4  # 2 bits a weight
+
+
+def test_column_layout():
+    codes = torch.zeros(100, 3, dtype=torch.int8)  # rows padded to 256: 64 bytes a column
+    codes[0, 0] = 1  # chunk 0, row 0 -> byte 0, field 0, code 2
+    codes[17, 0] = -1  # row 17 = 16*1 + 1 -> byte 1, field 1, code 0
+    codes[70, 2] = 1  # column 2, chunk 1, row 6 -> byte 2*64 + 16 + 6, field 0, code 2
+    data = pack_ternary_columns(codes, 1.0).data.tolist()
+    zero = 0b01010101  # code 1 in all four fields, padding rows included
+    assert len(data) == 3 * 64
+    assert data[0] == 0b01010110 and data[1] == 0b01010001 and data[150] == 0b01010110
+    assert all(byte == zero for i, byte in enumerate(data) if i not in (0, 1, 150))
+
+
+def test_column_width_prefix_is_a_prefix_of_the_data():
+    codes = torch.randint(-1, 2, (300, 40), dtype=torch.int8)
+    prefix = pack_ternary_columns(codes[:, :13], 1.0).data
+    assert torch.equal(pack_ternary_columns(codes, 1.0).data[: prefix.numel()], prefix)
+
+
+@pytest.mark.parametrize("pack", [pack_ternary, pack_ternary_columns])
+def test_rejects_non_ternary(pack):
     with pytest.raises(ValueError, match="ternary"):
-        pack_ternary(torch.tensor([[2, 0]]), 1.0)
+        pack(torch.tensor([[2, 0]]), 1.0)
     with pytest.raises(ValueError, match="2-D"):
-        pack_ternary(torch.zeros(4, dtype=torch.int8), 1.0)
+        pack(torch.zeros(4, dtype=torch.int8), 1.0)

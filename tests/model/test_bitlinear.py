@@ -1,7 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from ryot_ray.model.bitlinear import BitLinear, int8_activations, straight_through, ternarize
+from ryot_ray.model.bitlinear import BitLinear
+from ryot_ray.model.quantize import int8_activations, straight_through, ternarize
 
 
 def test_ternarize_known_tensor():
@@ -54,3 +55,16 @@ def test_from_linear_copies_weights_and_bias():
     linear = torch.nn.Linear(6, 3, bias=True)
     layer = BitLinear.from_linear(linear)
     assert torch.equal(layer.weight, linear.weight) and torch.equal(layer.bias, linear.bias)
+
+
+def test_prefix_uses_the_first_rows_and_inputs_of_one_ternary_weight():
+    torch.manual_seed(0)
+    layer = BitLinear(16, 8)
+    torch.nn.init.normal_(layer.norm.weight, 1.0, 0.1)
+    x = torch.randn(4, 10)  # the first 10 of 16 inputs
+    with torch.no_grad():
+        normed = F.rms_norm(x, (10,), layer.norm.weight[:10], layer.norm.eps)
+        x_codes, x_scale = int8_activations(normed)
+        w_codes, w_scale = ternarize(layer.weight)  # the scale of the whole weight
+        expected = (x_codes @ w_codes[:5, :10].T) * w_scale / x_scale
+        assert torch.allclose(layer(x, rows=5), expected, rtol=1e-5, atol=1e-5)

@@ -31,6 +31,23 @@ def test_loop_learns_and_reports_every_metric(smoke_config):
     assert metrics["test_problems"] > 0 and 0.0 <= metrics["test_accuracy"] <= 1.0
 
 
+def test_compression_knobs_report_accuracy_per_width_and_saved_activations(smoke_config):
+    smoke_config.train.epochs = 1
+    smoke_config.data.families = ["reverse"]
+    smoke_config.model.mrl_depth = 2
+    smoke_config.model.sparse_k = 0.5
+    smoke_config.model.activation_compression = "int8"
+    metrics = run_in_process(smoke_config)
+    assert set(metrics["accuracy_by_width"]) == {"128", "64"}  # tiny: FFN of 128
+    assert metrics["accuracy_by_width"]["128"] == metrics["accuracy"]
+    assert set(metrics["test_accuracy_by_width"]) == {"128", "64"}
+    compression = metrics["activation_compression"]
+    assert compression["saved_activations"] == "int8"
+    assert 3.5 < compression["overall"]["compression_ratio"] < 4.0  # int8 codes plus a scale per token
+    assert 0 < compression["overall"]["reconstruction_error"] < 0.05
+    assert len(compression["layers"]) == 2 * 7
+
+
 def test_non_finite_loss_stops_with_diverged_status(smoke_config):
     smoke_config.model.quantization = "none"
     smoke_config.train.lr = 1e30

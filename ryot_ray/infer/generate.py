@@ -1,0 +1,51 @@
+"""Answer a user's own prompts with a checkpoint's inference configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ryot_ray.config import ConfigError, InferenceConfig
+from ryot_ray.infer.engine import Engine
+from ryot_ray.infer.reasoning import answer
+from ryot_ray.kernels.frozen import freeze
+from ryot_ray.model.matryoshka import use_width
+from ryot_ray.train.checkpoint import load_checkpoint
+
+DIFFICULTY = 1  # a user's prompt has no known difficulty: the smallest path budget
+
+
+def read_prompts(path: Path) -> list[str]:
+    """`{"prompt": ...}` per line; blank lines skipped; a bad line names its number."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such prompts file")
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ConfigError(f'{path}:{number}: expected {{"prompt": "..."}}')
+        prompts.append(record["prompt"])
+    if not prompts:
+        raise ConfigError(f"{path}: no prompts")
+    return prompts
+
+
+def answer_prompts(checkpoint: Path, inference: InferenceConfig, prompts: list[str],
+                   max_new_tokens: int) -> list[dict]:
+    model, tokenizer, config, _ = load_checkpoint(checkpoint)
+    if config.model.quantization == "bitnet":
+        model = freeze(model, rows_per_tile=inference.tile_size, int8_embeddings=inference.int8_embeddings)
+        use_width(model, inference.ffn_level)
+    longest = max(len(tokenizer(p)["input_ids"]) for p in prompts)
+    engine = Engine(model, tokenizer, max(inference.rlvr_paths, inference.path_window), longest + max_new_tokens + 1)
+    records = []
+    for index, prompt in enumerate(prompts):
+        result = answer(engine, prompt, DIFFICULTY, inference, max_new_tokens, seed=index)
+        records.append({"prompt": prompt, "answer": result.answer, "completions": result.completions,
+                        "paths": result.paths, "votes": result.votes, "seconds": result.seconds})
+    return records

@@ -1,0 +1,151 @@
+"""The validation reports a person reads: JSON for tools, `summary.md` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ryot_ray.train.checkpoint import write_json_atomic  # noqa: E402
+
+VALIDATION_FILE = "inference_validation_report.json"
+ANALYSIS_FILE = "optimization_analysis.json"
+SUMMARY_FILE = "summary.md"
+TRAINING_FILE = "training_metrics_report.json"
+
+
+def write_reports(report: dict, directory: Path, training_report: Path | None = None) -> list[Path]:
+    """Write every report of a validation into `directory`; returns the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    analysis = {"optimized": report["optimized"], "reference_checkpoint": report["reference_checkpoint"],
+                "steps": report["ablation"], "machine": report["machine"]}
+    written = [directory / VALIDATION_FILE, directory / ANALYSIS_FILE]
+    write_json_atomic(written[0], report)
+    write_json_atomic(written[1], analysis)
+    plots = [_accuracy_vs_speedup(report, directory / "accuracy_vs_speedup.png"),
+             _paths_by_difficulty(report, directory / "paths_by_difficulty.png")]
+    if training_report is not None and training_report.is_file():
+        plots.append(_loss_curves(json.loads(training_report.read_text()), directory / "loss_curves.png"))
+    plots = [plot for plot in plots if plot is not None]
+    (directory / SUMMARY_FILE).write_text(summary(report, [p.name for p in plots]))
+    return written + plots + [directory / SUMMARY_FILE]
+
+
+def _figure(path: Path, draw) -> Path:
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    draw(axes)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _accuracy_vs_speedup(report: dict, path: Path) -> Path | None:
+    rows = [row for row in report["ablation"] if "speedup_vs_reference" in row]
+    if not rows:
+        return None
+
+    def draw(axes):
+        for row in rows:
+            axes.scatter(row["speedup_vs_reference"], 100 * row["accuracy"])
+            axes.annotate(row["step"], (row["speedup_vs_reference"], 100 * row["accuracy"]),
+                          textcoords="offset points", xytext=(4, 4), fontsize=8)
+        reference = report["variants"]["reference"]
+        axes.scatter(1.0, 100 * reference["accuracy"], marker="s", color="black")
+        axes.annotate("reference", (1.0, 100 * reference["accuracy"]), textcoords="offset points",
+                      xytext=(4, -10), fontsize=8)
+        axes.set_xlabel("speedup: reference time / time to answer the test problems")
+        axes.set_ylabel("exact match (%)")
+        axes.set_title("Accuracy vs speedup, each optimization added in turn")
+        axes.grid(alpha=0.3)
+
+    return _figure(path, draw)
+
+
+def _paths_by_difficulty(report: dict, path: Path) -> Path | None:
+    series = {row["step"]: report["variants"][row["step"]]["paths_per_problem_by_difficulty"]
+              for row in report["ablation"] if row["rlvr_paths"] > 1}
+    if not series:
+        return None
+
+    def draw(axes):
+        width = 0.8 / len(series)
+        for offset, (name, by_difficulty) in enumerate(series.items()):
+            levels = sorted(by_difficulty, key=int)
+            axes.bar([int(d) + offset * width for d in levels], [by_difficulty[d] for d in levels],
+                     width=width, label=name)
+        axes.set_xlabel("task difficulty")
+        axes.set_ylabel("mean sampled paths per problem")
+        axes.set_title("Reasoning paths used, by difficulty")
+        axes.legend()
+
+    return _figure(path, draw)
+
+
+def _loss_curves(training: dict, path: Path) -> Path | None:
+    epochs = training.get("epochs") or []
+    if not epochs:
+        return None
+
+    def draw(axes):
+        numbers = [e["epoch"] for e in epochs]
+        axes.plot(numbers, [e["train_loss"] for e in epochs], marker="o", label="train loss")
+        if all("val_loss" in e for e in epochs):
+            axes.plot(numbers, [e["val_loss"] for e in epochs], marker="o", label="validation loss")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("cross-entropy")
+        axes.set_title("Training of the validated checkpoint")
+        axes.legend()
+        axes.grid(alpha=0.3)
+
+    return _figure(path, draw)
+
+
+def _value(value: float | None, digits: int = 2) -> str:
+    return "not measured" if value is None else f"{value:.{digits}f}"
+
+
+def summary(report: dict, plots: list[str]) -> str:
+    variants = report["variants"]
+    optimized = variants[report["optimized"]]
+    lines = [
+        "# Inference validation",
+        "",
+        f"Checkpoint `{report['checkpoint']}`, reference `{report['reference_checkpoint'] or 'none'}`; "
+        f"{report['problems']} test problems; node `{report['node']}`, {report['threads']} threads, "
+        f"kernel path {report['kernel_path']['name']} {report['kernel_path']['isa']}; "
+        f"CPU {report['machine'].get('cpu_model', '?')}.",
+        "",
+        f"- **Integrated speedup** (reference time to answer the test problems / optimized time): "
+        f"{_value(report['integrated_speedup'])}",
+        f"- **Accuracy retention** (optimized / reference exact match): {_value(report['accuracy_retention'], 3)}",
+    ]
+    if report.get("not_measured"):
+        lines.append(f"- Not measured: {report['not_measured']}")
+    lines += ["", "## Phase 1 targets", "", "| target | required | measured | met |", "|---|---|---|---|"]
+    for name, verdict in report["phase1"].items():
+        lines.append(f"| {name} | {verdict['direction']} {verdict['target']} | {_value(verdict['measured'])} "
+                     f"| {'met' if verdict['met'] else '**not met**'} |")
+    lines += ["", "## Variants", "",
+              "| variant | exact match | time to answer (s) | paths | TTFT ms (median) | decode tokens/s (median) "
+              "| peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for name, v in variants.items():
+        ttft = v.get("ttft_ms", {}).get("median")
+        rate = v.get("decode_tokens_per_s", {}).get("median")
+        lines.append(f"| {name} | {_value(v.get('accuracy'), 3)} | {_value(v.get('answer_time_s'))} "
+                     f"| {v.get('paths_total', '-')} | {_value(ttft, 1)} | {_value(rate, 1)} "
+                     f"| {_value(v.get('peak_rss_mb'), 0)} |")
+    lines += ["", "## Each optimization in turn", "",
+              "| step | exact match | speedup vs reference | vs previous step | paths |", "|---|---|---|---|---|"]
+    for row in report["ablation"]:
+        lines.append(f"| {row['step']} | {row['accuracy']:.3f} | {_value(row.get('speedup_vs_reference'))} "
+                     f"| {_value(row.get('speedup_vs_previous_step'))} | {row['paths_total']} |")
+    lines += ["", f"The optimized configuration is the last step, `{report['optimized']}`: "
+              f"{optimized.get('paths_total', '-')} paths in all."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    return "\n".join(lines) + "\n"

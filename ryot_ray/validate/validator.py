@@ -1,0 +1,316 @@
+"""The last stage: the optimized inference configuration against the reference, measured.
+
+`InferenceValidator` runs as one Ray actor holding every CPU of its node, so nothing
+else runs there while it times. In its one process it answers the test problems of the
+checkpoint's task suite with each variant, interleaved problem by problem (the order
+alternates), and times a forced-length answer for TTFT and decode speed:
+- `reference`: the trained full-precision model (dense, full width, one greedy path)
+  through the engine; `transformers`: the same model through `generate()`;
+- the ablation steps of the optimized configuration, each adding one optimization:
+  the frozen ternary model, its nested width, its sparse down-projections, fixed and
+  then adaptive reasoning paths. The last step is the optimized configuration.
+Peak RSS is measured per variant in a fresh process answering a few problems.
+Without a trained reference the accuracy and time to answer cannot be compared: the
+report says so, and the reference's speed is timed on a same-shape fp32 model.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ryot_ray.config import Config, InferenceConfig, ModelConfig, Phase1Targets
+from ryot_ray.data.examples import evaluation_problems
+from ryot_ray.data.tasks import Problem, extract_answer
+from ryot_ray.infer.engine import Engine
+from ryot_ray.infer.reasoning import answer
+from ryot_ray.infer.speed import engine_speed, transformers_speed
+from ryot_ray.kernels.frozen import freeze
+from ryot_ray.kernels.ternary import kernel_path
+from ryot_ray.machine import machine_facts
+from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
+from ryot_ray.model.build import build_model
+from ryot_ray.model.matryoshka import use_width
+from ryot_ray.train.checkpoint import load_checkpoint
+from ryot_ray.train.evaluate import greedy_completions, level_key
+
+log = logging.getLogger(__name__)
+SPEED_TOKENS = 32
+MEMORY_PROBLEMS = 5
+
+
+@dataclass(frozen=True)
+class Step:
+    """One variant of the optimized model: which optimizations are on."""
+
+    name: str
+    level: int  # nested FFN width
+    sparse: bool
+    inference: InferenceConfig
+
+
+def ablation(config: Config) -> list[Step]:
+    """The optimizations of `config` added one at a time; the last step is all of them."""
+    inference = config.inference
+    greedy = dataclasses.replace(inference, rlvr_paths=1)
+    steps = [Step("ternary", 0, False, greedy)]
+    if inference.ffn_level:
+        steps.append(Step("+ nested width", inference.ffn_level, False, greedy))
+    if config.model.sparse_k != 1:
+        steps.append(Step("+ sparse_k", inference.ffn_level, True, greedy))
+    last = steps[-1]
+    if inference.rlvr_paths > 1:
+        fixed = dataclasses.replace(inference, adaptive_paths=False)
+        steps.append(Step("+ fixed paths", last.level, last.sparse, fixed))
+        if inference.adaptive_paths:
+            steps.append(Step("+ adaptive paths", last.level, last.sparse, inference))
+    return steps
+
+
+def frozen_model(model: nn.Module, config: Config, sparse: bool) -> nn.Module:
+    inference = config.inference
+    return freeze(copy.deepcopy(model), rows_per_tile=inference.tile_size,
+                  int8_embeddings=inference.int8_embeddings, sparse=sparse)
+
+
+@dataclass
+class Variant:
+    model: nn.Module
+    engine: Engine
+    step: Step | None  # None: the reference, one greedy path
+
+
+def _answer(name: str, variant: Variant, problem: Problem, max_new_tokens: int, seed: int) -> tuple[str | None, int]:
+    if name == "transformers":
+        text = greedy_completions(variant.model, variant.engine.tokenizer, [problem.prompt], max_new_tokens, 1)[0]
+        return extract_answer(text), 1
+    if variant.step is None:
+        result = answer(variant.engine, problem.prompt, problem.difficulty, InferenceConfig(), max_new_tokens)
+        return result.answer, 1
+    use_width(variant.model, variant.step.level)
+    result = answer(variant.engine, problem.prompt, problem.difficulty, variant.step.inference, max_new_tokens,
+                    seed=seed)
+    return result.answer, result.paths
+
+
+def answer_interleaved(variants: dict[str, Variant], problems: list[Problem], max_new_tokens: int) -> dict:
+    """Per variant: correct, paths and seconds for every problem, answered in turn."""
+    records = {name: {"correct": [], "paths": [], "seconds": []} for name in variants}
+    names = list(variants)
+    for index, problem in enumerate(problems):
+        for name in names if index % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            given, paths = _answer(name, variants[name], problem, max_new_tokens, seed=index)
+            records[name]["seconds"].append(time.perf_counter() - start)
+            records[name]["correct"].append(given == problem.answer)
+            records[name]["paths"].append(paths)
+        if (index + 1) % max(1, len(problems) // 10) == 0:
+            log.info("answered %d/%d problems with %d variants", index + 1, len(problems), len(variants))
+    return records
+
+
+def summarize(records: dict, problems: list[Problem]) -> dict:
+    by_level: dict[str, list[bool]] = {}
+    paths_by_difficulty: dict[str, list[int]] = {}
+    for problem, correct, paths in zip(problems, records["correct"], records["paths"]):
+        by_level.setdefault(level_key(problem), []).append(correct)
+        paths_by_difficulty.setdefault(str(problem.difficulty), []).append(paths)
+    return {
+        "accuracy": statistics.fmean(records["correct"]),
+        "accuracy_by_level": {level: statistics.fmean(v) for level, v in sorted(by_level.items())},
+        "answer_time_s": sum(records["seconds"]),
+        "seconds_per_problem": _spread(records["seconds"]),
+        "paths_total": sum(records["paths"]),
+        "paths_per_problem_by_difficulty": {d: statistics.fmean(v) for d, v in sorted(paths_by_difficulty.items())},
+    }
+
+
+def _spread(samples: list[float]) -> dict:
+    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples)}
+
+
+def speeds(variants: dict[str, Variant], prompt: str, repeats: int) -> dict:
+    """TTFT and decode tokens/s of a forced-length answer, interleaved over repeats."""
+    ttft: dict[str, list[float]] = {name: [] for name in variants}
+    rate: dict[str, list[float]] = {name: [] for name in variants}
+    for name, variant in variants.items():  # warm-up
+        _speed(name, variant, prompt, 4)
+    for repeat in range(repeats):
+        for name in variants if repeat % 2 == 0 else list(variants)[::-1]:
+            first, tokens_per_s, _ = _speed(name, variants[name], prompt, SPEED_TOKENS)
+            ttft[name].append(1e3 * first)
+            rate[name].append(tokens_per_s)
+    return {name: {"ttft_ms": _spread(ttft[name]), "decode_tokens_per_s": _spread(rate[name])} for name in variants}
+
+
+def _speed(name: str, variant: Variant, prompt: str, tokens: int) -> tuple[float, float, list[float]]:
+    if name == "transformers":
+        return transformers_speed(variant.model, variant.engine.tokenizer, prompt, tokens)
+    if variant.step is not None:
+        use_width(variant.model, variant.step.level)
+    return engine_speed(variant.engine, prompt, tokens)
+
+
+def _answer_few(checkpoint: str, reference: bool, step: Step | None, threads: int) -> float:
+    """Peak RSS (MB) of a fresh process that loads one variant and answers a few problems."""
+    torch.set_num_threads(threads)
+    model, tokenizer, config, _ = load_checkpoint(Path(checkpoint))
+    if not reference:
+        model = freeze(model, rows_per_tile=config.inference.tile_size,
+                       int8_embeddings=config.inference.int8_embeddings, sparse=step.sparse)
+    problems = evaluation_problems(config.data, "test", config.seed)[:MEMORY_PROBLEMS]
+    inference = step.inference if step else InferenceConfig()
+    max_new_tokens = _max_new_tokens(tokenizer, problems, config)
+    engine = Engine(model, tokenizer, max(inference.rlvr_paths, inference.path_window),
+                    _max_length(tokenizer, problems, max_new_tokens))
+    start_measuring()
+    for index, problem in enumerate(problems):
+        if step is not None:
+            use_width(model, step.level)
+        answer(engine, problem.prompt, problem.difficulty, inference, max_new_tokens, seed=index)
+    return peak_rss_mb()
+
+
+def _max_new_tokens(tokenizer, problems: list[Problem], config: Config) -> int:
+    return max(len(tokenizer(p.completion(config.data.scratchpad), add_special_tokens=False)["input_ids"])
+               for p in problems) + 2
+
+
+def _max_length(tokenizer, problems: list[Problem], max_new_tokens: int) -> int:
+    return max(len(tokenizer(p.prompt)["input_ids"]) for p in problems) + max_new_tokens + 1
+
+
+def phase1_verdicts(targets: Phase1Targets, optimized: dict, retention: float | None) -> dict:
+    """Each target with the measured value and whether it is met; a target that could not
+    be measured is not met."""
+    def verdict(target: float, measured: float | None, at_most: bool) -> dict:
+        met = measured is not None and (measured <= target if at_most else measured >= target)
+        return {"target": target, "measured": measured, "met": met, "direction": "at most" if at_most else "at least"}
+
+    return {
+        "ttft_ms": verdict(targets.ttft_ms, optimized["ttft_ms"]["median"], at_most=True),
+        "decode_tokens_per_s": verdict(targets.decode_tokens_per_s, optimized["decode_tokens_per_s"]["median"],
+                                       at_most=False),
+        "memory_mb": verdict(targets.memory_mb, optimized.get("peak_rss_mb"), at_most=True),
+        "accuracy_retention": verdict(targets.accuracy_retention, retention, at_most=False),
+    }
+
+
+class InferenceValidator:
+    """Use as `ray.remote(num_cpus=...)(InferenceValidator)`; `validate()` returns the report."""
+
+    def __init__(self, checkpoint: str, reference_checkpoint: str | None, targets: Phase1Targets,
+                 inference: dict | None = None, repeats: int = 5, max_problems: int | None = None,
+                 memory: bool = True):
+        self.checkpoint, self.reference_checkpoint = checkpoint, reference_checkpoint
+        self.targets, self.repeats, self.max_problems, self.memory = targets, repeats, max_problems, memory
+        self.inference_overrides = inference or {}
+        self.threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+
+    def validate(self) -> dict:
+        torch.set_num_threads(self.threads)
+        model, tokenizer, config, _ = load_checkpoint(Path(self.checkpoint))
+        if config.model.quantization != "bitnet":
+            raise ValueError(f"{self.checkpoint} holds a {config.model.quantization!r} model; validate takes "
+                             "a BitNet checkpoint (the reference is --reference)")
+        config.inference = dataclasses.replace(config.inference, **self.inference_overrides)
+        problems = evaluation_problems(config.data, "test", config.seed)[: self.max_problems]
+        max_new_tokens = _max_new_tokens(tokenizer, problems, config)
+        max_length = _max_length(tokenizer, problems, max(max_new_tokens, SPEED_TOKENS))
+        steps = ablation(config)
+        paths = max(config.inference.rlvr_paths, config.inference.path_window)
+
+        trained_reference = self.reference_checkpoint is not None
+        if trained_reference:
+            reference = load_checkpoint(Path(self.reference_checkpoint))[0]
+        else:
+            torch.manual_seed(config.seed)
+            reference = build_model(ModelConfig(preset=config.model.preset, quantization="none"), tokenizer,
+                                    llama=model.config).eval()
+        reference_engine = Engine(reference, tokenizer, 1, max_length)
+        variants = {"reference": Variant(reference, reference_engine, None),
+                    "transformers": Variant(reference, reference_engine, None)}
+        frozen = {sparse: frozen_model(model, config, sparse) for sparse in {step.sparse for step in steps}}
+        for step in steps:
+            engine = Engine(frozen[step.sparse], tokenizer, paths, max_length)
+            variants[step.name] = Variant(frozen[step.sparse], engine, step)
+        optimized_name = steps[-1].name
+
+        started = time.perf_counter()
+        answering = variants if trained_reference else {n: v for n, v in variants.items() if v.step is not None}
+        records = answer_interleaved(answering, problems, max_new_tokens)
+        measured = {name: summarize(records[name], problems) for name in answering}
+        speed_names = ["reference", "transformers", optimized_name]
+        timed = speeds({name: variants[name] for name in speed_names}, problems[0].prompt, self.repeats)
+        for name in speed_names:
+            measured.setdefault(name, {}).update(timed[name])
+        if self.memory:
+            for name, reference_model, step in (("reference", True, None), (optimized_name, False, steps[-1])):
+                source = self.reference_checkpoint if reference_model else self.checkpoint
+                if source is not None:
+                    measured[name]["peak_rss_mb"] = in_fresh_process(
+                        _answer_few, source, reference_model, step, self.threads, what=f"{name} memory")
+
+        optimized = measured[optimized_name]
+        report = {
+            "checkpoint": self.checkpoint,
+            "reference_checkpoint": self.reference_checkpoint,
+            "node": platform.node(),
+            "threads": self.threads,
+            "kernel_path": vars(kernel_path()),
+            "inference": dataclasses.asdict(config.inference),
+            "model": dataclasses.asdict(config.model),
+            "problems": len(problems),
+            "optimized": optimized_name,
+            "variants": measured,
+            "validation_time_s": time.perf_counter() - started,
+            "machine": machine_facts(),
+        }
+        if trained_reference:
+            reference_measured = measured["reference"]
+            report["integrated_speedup"] = reference_measured["answer_time_s"] / optimized["answer_time_s"]
+            report["integrated_speedup_vs_transformers"] = (measured["transformers"]["answer_time_s"]
+                                                            / optimized["answer_time_s"])
+            report["accuracy_retention"] = (optimized["accuracy"] / reference_measured["accuracy"]
+                                            if reference_measured["accuracy"] else None)
+            if not reference_measured["accuracy"]:
+                report["not_measured"] = "accuracy retention: the reference answers no test problem correctly"
+        else:
+            report["integrated_speedup"] = None
+            report["accuracy_retention"] = None
+            report["not_measured"] = ("no trained reference checkpoint (--reference): accuracy retention and "
+                                      "time to answer cannot be compared; the reference's speed was timed on "
+                                      "a same-shape fp32 model")
+        report["phase1"] = phase1_verdicts(self.targets, optimized, report["accuracy_retention"])
+        report["ablation"] = ablation_report(steps, measured, report)
+        return report
+
+
+def ablation_report(steps: list[Step], measured: dict, report: dict) -> list[dict]:
+    """Each step's accuracy and speedup, against the reference and against the step before."""
+    rows = []
+    reference_time = measured.get("reference", {}).get("answer_time_s")
+    previous = None
+    for step in steps:
+        figures = measured[step.name]
+        row = {"step": step.name, "ffn_level": step.level, "sparse": step.sparse,
+               "rlvr_paths": step.inference.rlvr_paths, "adaptive_paths": step.inference.adaptive_paths,
+               "accuracy": figures["accuracy"], "answer_time_s": figures["answer_time_s"],
+               "paths_total": figures["paths_total"]}
+        if reference_time:
+            row["speedup_vs_reference"] = reference_time / figures["answer_time_s"]
+        if previous:
+            row["speedup_vs_previous_step"] = previous["answer_time_s"] / figures["answer_time_s"]
+        rows.append(row)
+        previous = figures
+    return rows

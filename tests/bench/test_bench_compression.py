@@ -1,0 +1,46 @@
+"""Bookkeeping of the compression benchmark on tiny shapes (no speed is asserted)."""
+
+import pytest
+
+from ryot_ray.bench.compression import (
+    _train_steps, gradient_errors, matryoshka_decode, sparse_down_projection, table, training_memory,
+)
+from ryot_ray.kernels.ternary import native_isas
+
+
+@pytest.fixture
+def tiny_config(smoke_config):
+    smoke_config.train.batch_size = 8
+    return smoke_config
+
+
+def test_int8_saved_activations_hold_less_than_plain_bitnet(tiny_config):
+    config = tiny_config.to_dict()
+    saved = {name: _train_steps(config, name, steps=1, threads=1)[1]
+             for name in ("reference", "bitnet_none", "bitnet_int8", "bitnet_binary")}
+    assert saved["bitnet_binary"] < saved["bitnet_int8"] < saved["bitnet_none"]
+    assert all(value > 0 for value in saved.values())
+
+
+def test_gradient_errors_are_small_for_int8_and_larger_for_binary(tiny_config):
+    errors = gradient_errors(tiny_config)
+    assert 0 < errors["int8"] < 0.05 < errors["binary"]
+
+
+def test_training_memory_pairs_every_variant_with_the_reference(tiny_config):
+    result = training_memory(tiny_config, rounds=1, steps=1, variants=("reference", "bitnet_int8"))
+    assert result["variants"]["reference"]["saved_for_backward_vs_reference"] == 1.0
+    for variant in result["variants"].values():
+        assert variant["peak_rss_mb"]["median"] > 50 and len(variant["peak_rss_mb"]["samples"]) == 1
+    text = table({"rounds": 1, "training_memory": result,
+                  "matryoshka_decode": matryoshka_decode("tiny", rounds=1, prompt_tokens=4, new_tokens=3)})
+    assert "bitnet_int8" in text and "half width 64" in text
+
+
+@pytest.mark.skipif(not native_isas(), reason="no native library")
+def test_sparse_rows_carry_ratios_to_dense():
+    result = sparse_down_projection("tiny", rounds=2, threads=1, calls=1, cycle_bytes=2**16)
+    assert set(result["microseconds"]) == {"dense", "sparse_0.25", "sparse_0.5"}
+    dense = result["microseconds"]["dense"]["samples"]
+    for name, ratio in result["speedup_vs_dense"].items():
+        assert ratio["samples"] == pytest.approx([d / s for d, s in zip(dense, result["microseconds"][name]["samples"])])

@@ -1,0 +1,61 @@
+"""`ryot-ray validate` and `generate` driven as a user would."""
+
+import json
+
+import pytest
+
+from ryot_ray.cli import main
+from tests.e2e.test_cli_train import ryot_ray
+
+
+@pytest.mark.ray
+def test_validate_runs_the_actor_and_writes_every_report(tmp_path, trained_nested_sparse, trained_reference):
+    done = ryot_ray("validate", "--checkpoint", str(trained_nested_sparse), "--reference", str(trained_reference),
+                    "--set", "inference.rlvr_paths=2", "--max-problems", "2", "--repeats", "1", "--no-memory",
+                    "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on one Ray actor with" in done.stdout and "integrated speedup:" in done.stdout
+    assert "memory_mb: at most 500.0, measured None -> NOT MET" in done.stdout
+    report = json.loads((tmp_path / "inference_validation_report.json").read_text())
+    assert report["problems"] == 2 and report["inference"]["rlvr_paths"] == 2
+    assert (tmp_path / "summary.md").is_file() and (tmp_path / "optimization_analysis.json").is_file()
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def test_generate_answers_a_prompt_and_a_file(capsys, tmp_path, trained_checkpoint):
+    code, out, _ = run(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompt", "rev abc|",
+                       "--max-new-tokens", "12")
+    record = json.loads(out)
+    assert code == 0 and record["prompt"] == "rev abc|" and record["paths"] == 1
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "rev ab|"}\n\n{"prompt": "rev xyz|"}\n')
+    code, out, _ = run(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompts", str(prompts),
+                       "--output", str(tmp_path / "answers.jsonl"), "--set", "inference.rlvr_paths=2")
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert code == 0 and [a["prompt"] for a in answers] == ["rev ab|", "rev xyz|"]
+    assert all(1 <= a["paths"] <= 2 for a in answers)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "model.preset=1b"], "--set model.preset=1b: only inference.* keys can change"),
+    (["--set", "inference.rlvr_paths=0"], "inference.rlvr_paths: 0 is below the minimum 1"),
+    (["--set", "inference.ffn_level=1"], "inference.ffn_level: 1 needs model.mrl_depth above it"),
+])
+def test_bad_inference_overrides_stop_before_anything_runs(capsys, trained_checkpoint, argv, message):
+    for command in (["validate"], ["generate", "--prompt", "x"]):
+        code, _, err = run(capsys, *command, "--checkpoint", str(trained_checkpoint), *argv)
+        assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_bad_prompts_file_and_checkpoint(capsys, tmp_path, trained_checkpoint):
+    prompts = tmp_path / "bad.jsonl"
+    prompts.write_text('{"prompt": "rev ab|"}\n{"question": 1}\n')
+    code, _, err = run(capsys, "generate", "--checkpoint", str(trained_checkpoint), "--prompts", str(prompts))
+    assert code == 2 and err == [f'ryot-ray: error: {prompts}:2: expected {{"prompt": "..."}}']
+    code, _, err = run(capsys, "validate", "--checkpoint", str(tmp_path))
+    assert code == 2 and "is not a ryot-ray checkpoint" in err[0]

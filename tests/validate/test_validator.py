@@ -1,0 +1,72 @@
+"""The validator's steps, verdicts and report, run in this process on tiny checkpoints."""
+
+import dataclasses
+
+import pytest
+
+from ryot_ray.config import Config, InferenceConfig, Phase1Targets
+from ryot_ray.validate.validator import InferenceValidator, ablation, phase1_verdicts
+
+TARGETS = Phase1Targets(ttft_ms=120, decode_tokens_per_s=25, memory_mb=500, accuracy_retention=0.99)
+
+
+def test_ablation_adds_one_optimization_at_a_time():
+    config = Config()
+    config.model.mrl_depth, config.model.sparse_k = 2, 0.25
+    config.inference = InferenceConfig(rlvr_paths=8, ffn_level=1)
+    steps = ablation(config)
+    assert [s.name for s in steps] == ["ternary", "+ nested width", "+ sparse_k", "+ fixed paths", "+ adaptive paths"]
+    assert [(s.level, s.sparse, s.inference.rlvr_paths) for s in steps] == [
+        (0, False, 1), (1, False, 1), (1, True, 1), (1, True, 8), (1, True, 8)]
+    assert not steps[3].inference.adaptive_paths and steps[4].inference.adaptive_paths
+    assert [s.name for s in ablation(Config())] == ["ternary"]
+
+
+def test_a_missed_or_unmeasured_target_is_not_met():
+    optimized = {"ttft_ms": {"median": 130.0}, "decode_tokens_per_s": {"median": 25.0}, "peak_rss_mb": 499.0}
+    verdicts = phase1_verdicts(TARGETS, optimized, retention=None)
+    assert {name: v["met"] for name, v in verdicts.items()} == {
+        "ttft_ms": False, "decode_tokens_per_s": True, "memory_mb": True, "accuracy_retention": False}
+    assert verdicts["ttft_ms"]["measured"] == 130.0 and verdicts["accuracy_retention"]["measured"] is None
+
+
+@pytest.fixture(scope="module")
+def report(trained_nested_sparse, trained_reference):
+    validator = InferenceValidator(str(trained_nested_sparse), str(trained_reference), TARGETS,
+                                   inference={"rlvr_paths": 4, "path_window": 2, "ffn_level": 1},
+                                   repeats=1, max_problems=4, memory=False)
+    return validator.validate()
+
+
+def test_report_compares_every_variant_on_the_same_problems(report):
+    assert report["problems"] == 4 and report["optimized"] == "+ adaptive paths"
+    names = {"reference", "transformers", "ternary", "+ nested width", "+ sparse_k", "+ fixed paths",
+             "+ adaptive paths"}
+    assert set(report["variants"]) == names
+    for name in names:
+        figures = report["variants"][name]
+        assert 0.0 <= figures["accuracy"] <= 1.0 and figures["answer_time_s"] > 0
+    optimized, reference = report["variants"]["+ adaptive paths"], report["variants"]["reference"]
+    assert report["integrated_speedup"] == pytest.approx(reference["answer_time_s"] / optimized["answer_time_s"])
+    assert report["variants"]["+ fixed paths"]["paths_total"] == 4 * 4  # every problem, every path
+    assert optimized["paths_total"] <= 4 * 4
+    for name in ("reference", "transformers", "+ adaptive paths"):
+        assert report["variants"][name]["ttft_ms"]["median"] > 0
+    assert set(report["phase1"]) == {"ttft_ms", "decode_tokens_per_s", "memory_mb", "accuracy_retention"}
+    assert report["phase1"]["memory_mb"] == {"target": 500, "measured": None, "met": False, "direction": "at most"}
+    rows = {row["step"]: row for row in report["ablation"]}
+    assert rows["+ adaptive paths"]["speedup_vs_previous_step"] == pytest.approx(
+        report["variants"]["+ fixed paths"]["answer_time_s"] / optimized["answer_time_s"])
+
+
+def test_without_a_reference_the_comparison_is_reported_missing(trained_nested_sparse):
+    report = InferenceValidator(str(trained_nested_sparse), None, TARGETS, repeats=1, max_problems=2,
+                                memory=False).validate()
+    assert report["integrated_speedup"] is None and "no trained reference" in report["not_measured"]
+    assert "reference" not in report["variants"] or "accuracy" not in report["variants"]["reference"]
+    assert not report["phase1"]["accuracy_retention"]["met"]
+
+
+def test_a_reference_checkpoint_is_refused_as_the_optimized_model(trained_reference):
+    with pytest.raises(ValueError, match="takes a BitNet checkpoint"):
+        InferenceValidator(str(trained_reference), None, TARGETS, memory=False).validate()
