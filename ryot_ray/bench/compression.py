@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from ryot_ray.bench.decode import _prompt
+from ryot_ray.bench.decode import digit_prompt
 from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
 from ryot_ray.bench.timing import spread
 from ryot_ray.config import Config, ModelConfig
@@ -181,7 +181,7 @@ def matryoshka_decode(preset: str, rounds: int, prompt_tokens: int = 32, new_tok
     tokenizer = build_char_tokenizer()
     model = freeze(build_model(ModelConfig(preset=preset, mrl_depth=2), tokenizer), int8_embeddings=True)
     engine = Engine(model, tokenizer, max_length=prompt_tokens + new_tokens + 1)
-    prompt = _prompt(prompt_tokens)
+    prompt = digit_prompt(prompt_tokens)
     levels = {"full": 0, "half": 1}
     rates: dict[str, list[float]] = {name: [] for name in levels}
     for name, level in levels.items():

@@ -73,7 +73,7 @@ def measured_bandwidth(threads: int, repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
-def _prompt(tokens: int) -> str:
+def digit_prompt(tokens: int) -> str:
     return ("0123456789 " * tokens)[: tokens - 1]  # the tokenizer adds BOS
 
 
@@ -119,7 +119,7 @@ def _answer_once(variant: str, preset: str, prompt_tokens: int, new_tokens: int,
     model = build_variant(variant, preset)
     engine = Engine(model, build_char_tokenizer(), max_length=prompt_tokens + new_tokens + 1)
     answering_only = start_measuring()
-    _run(variant, model, engine, _prompt(prompt_tokens), new_tokens)
+    _run(variant, model, engine, digit_prompt(prompt_tokens), new_tokens)
     return peak_rss_mb(), answering_only
 
 
@@ -140,7 +140,7 @@ def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32
     models |= {name: build_variant(name, preset) for name in TERNARY}
     engines = {name: Engine(model, tokenizer, max_length=prompt_tokens + new_tokens + 1)
                for name, model in models.items()}
-    prompt = _prompt(prompt_tokens)
+    prompt = digit_prompt(prompt_tokens)
     for name in VARIANTS:
         _run(name, models[name], engines[name], prompt, 4)  # warm-up
     ttft: dict[str, list[float]] = {name: [] for name in VARIANTS}

@@ -77,11 +77,17 @@ def _library() -> tuple[ctypes.CDLL | None, str]:
     return library, spec.origin
 
 
-def read_bytes(data: torch.Tensor, threads: int | None = None) -> int:
-    """Read every byte of `data` once (the read roofline); returns a checksum."""
+def _native() -> ctypes.CDLL:
+    """The loaded native library; calling a native path without it is an error."""
     library, detail = _library()
     if library is None:
         raise RuntimeError(detail)
+    return library
+
+
+def read_bytes(data: torch.Tensor, threads: int | None = None) -> int:
+    """Read every byte of `data` once (the read roofline); returns a checksum."""
+    library = _native()
     usable = data.numel() * data.element_size() // 256 * 256
     return library.ryot_read_bytes(data.data_ptr(), usable, threads or torch.get_num_threads())
 
@@ -162,9 +168,7 @@ def native_linear(
     at decode sizes. Matryoshka widths: K < in_features uses the first K columns of the
     weight, `out_features` its first rows; both read only that part of the packed data.
     """
-    library, detail = _library()
-    if library is None:
-        raise RuntimeError(detail)
+    library = _native()
     _check_tile(packed, tokens_per_tile)
     x = _fp32_rows(x)
     m, k = x.shape
@@ -196,9 +200,7 @@ def native_accumulate(
 ) -> torch.Tensor:
     """The exact integer core: sum_k (w + 1) * x_q for int8 `x_codes` [M, K], with the
     width prefixes of `native_linear`."""
-    library, detail = _library()
-    if library is None:
-        raise RuntimeError(detail)
+    library = _native()
     _check_tile(packed, tokens_per_tile)
     m, k = x_codes.shape
     _width(k, packed.in_features)
@@ -243,9 +245,7 @@ def native_sparse_quantize(
     """The sparse path's front half: (indices [M, keep'] int32 ascending, their int8 codes,
     per-token scales [M, 1]) for the keep' = min(keep, K) largest entries of each
     (RMS-normed) row, quantized with the whole row's absmax as the dense path does."""
-    library, detail = _library()
-    if library is None:
-        raise RuntimeError(detail)
+    library = _native()
     _check_keep(keep)
     x = _fp32_rows(x)
     m, k = x.shape
@@ -268,9 +268,7 @@ def native_sparse_accumulate(
 ) -> torch.Tensor:
     """The exact integer core of the sparse path: sum_i w[n, index[m, i]] * x_codes[m, i]
     for int8 `x_codes` and column indices `index`, both [M, keep]."""
-    library, detail = _library()
-    if library is None:
-        raise RuntimeError(detail)
+    library = _native()
     if x_codes.ndim != 2 or x_codes.shape != index.shape:
         raise ValueError(f"x_codes {tuple(x_codes.shape)} and index {tuple(index.shape)} must both be [M, keep]")
     if index.numel() and not 0 <= int(index.min()) <= int(index.max()) < packed.in_features:
@@ -296,9 +294,7 @@ def native_sparse_linear(
     [M, K] (after the fused RMSNorm, when given) and reads only those columns of W; with
     K < in_features, the first K columns (a width prefix). The quantization is the dense
     path's, so on a row whose other entries are zero it equals `native_linear` exactly."""
-    library, detail = _library()
-    if library is None:
-        raise RuntimeError(detail)
+    library = _native()
     _check_keep(keep)
     x = _fp32_rows(x)
     m, k = x.shape

@@ -78,6 +78,7 @@ def ablation(config: Config) -> list[Step]:
 
 
 def frozen_model(model: nn.Module, config: Config, sparse: bool) -> nn.Module:
+    """A frozen copy of `model` in the layout its inference config asks for."""
     inference = config.inference
     return freeze(copy.deepcopy(model), rows_per_tile=inference.tile_size,
                   int8_embeddings=inference.int8_embeddings, sparse=sparse)
@@ -166,8 +167,7 @@ def _answer_few(checkpoint: str, reference: bool, step: Step | None, threads: in
     torch.set_num_threads(threads)
     model, tokenizer, config, _ = load_checkpoint(Path(checkpoint))
     if not reference:
-        model = freeze(model, rows_per_tile=config.inference.tile_size,
-                       int8_embeddings=config.inference.int8_embeddings, sparse=step.sparse)
+        model = frozen_model(model, config, step.sparse)
     problems = evaluation_problems(config.data, "test", config.seed)[:MEMORY_PROBLEMS]
     inference = step.inference if step else InferenceConfig()
     max_new_tokens = _max_new_tokens(tokenizer, problems, config)
