@@ -1,0 +1,149 @@
+"""The search space: a YAML file of knobs, each a distribution or a constant, checked
+against the run config before Ray starts.
+
+```yaml
+config: configs/default.yaml      # the run config every trial starts from
+samples: 8                        # trials (a grid multiplies them)
+search: random                    # random | optuna
+scheduler: {name: asha, max_t: 5, grace_period: 1, reduction_factor: 2}
+accuracy_floor: 0.95              # fraction of the reference accuracy a trial must keep
+space:
+  sparse_k: {choice: [1.0, 0.5]}  # short names of the adaptive knobs ...
+  train.lr: {loguniform: [5.0e-4, 3.0e-3]}   # ... or any config key
+  train.epochs: 5                 # a constant
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ryot_ray.config import Config, ConfigError, read_yaml, load_config, with_overrides
+
+KNOB_KEYS = {
+    "tile_size": "inference.tile_size",
+    "mrl_depth": "model.mrl_depth",
+    "ffn_level": "inference.ffn_level",
+    "sparse_k": "model.sparse_k",
+    "rlvr_paths": "inference.rlvr_paths",
+}
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+SEARCHES = ("random", "optuna")
+SCHEDULERS = ("asha", "fifo")
+TOP_LEVEL = ("config", "samples", "search", "scheduler", "accuracy_floor", "space")
+
+
+@dataclass(frozen=True)
+class Knob:
+    key: str  # a dotted config key
+    kind: str  # one of DISTRIBUTIONS, or "constant"
+    values: tuple  # the choices, the grid, the (low, high) range, or (the constant,)
+
+
+@dataclass
+class Scheduler:
+    name: str = "asha"
+    max_t: int = 5  # epochs, the most any trial trains
+    grace_period: int = 1  # epochs before ASHA may stop a trial
+    reduction_factor: int = 2
+
+
+@dataclass
+class SearchSpace:
+    source: str
+    base: Config
+    knobs: list[Knob]
+    samples: int = 8
+    search: str = "random"
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    accuracy_floor: float = 0.95
+
+
+def _fail(source: str, key: str, message: str) -> None:
+    raise ConfigError(f"{source}: {key}: {message}")
+
+
+def _knob(source: str, name: Any, spec: Any, base: Config) -> Knob:
+    key = KNOB_KEYS.get(name, name)
+    if not isinstance(key, str) or "." not in key:
+        _fail(source, f"space.{name}", f"unknown knob (use {', '.join(KNOB_KEYS)} or a config key like train.lr)")
+    where = f"space.{name}"
+    if not isinstance(spec, dict):
+        kind, values = "constant", (spec,)
+    else:
+        if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            _fail(source, where, f"expected one of {', '.join(DISTRIBUTIONS)} or a constant, got {spec!r}")
+        kind, values = next(iter(spec.items()))
+        if not isinstance(values, list) or not values:
+            _fail(source, where, f"{kind} needs a non-empty list, got {values!r}")
+        values = tuple(values)
+        if kind in ("uniform", "loguniform", "randint"):
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            if len(values) != 2 or not numbers or values[0] >= values[1]:
+                _fail(source, where, f"{kind} needs [low, high] with low < high, got {list(values)}")
+            if kind == "loguniform" and values[0] <= 0:
+                _fail(source, where, f"loguniform needs a positive low end, got {values[0]}")
+            if kind == "randint" and not all(isinstance(v, int) for v in values):
+                _fail(source, where, f"randint needs whole numbers, got {list(values)}")
+    # every value the knob can take (a range: both ends) must make a valid config
+    checked = values if kind not in ("uniform", "loguniform", "randint") else (values[0], values[1] - (kind == "randint"))
+    for value in checked:
+        try:
+            with_overrides(base, [f"{key}={json.dumps(value)}"], f"{source}: {where}")
+        except ConfigError as error:
+            raise ConfigError(str(error).replace(f"{source}: {where}: ", f"{source}: {where} = {value!r}: ", 1)) from None
+    return Knob(key, kind, values)
+
+
+def load_space(path: str | Path, config_path: str | Path | None = None) -> SearchSpace:
+    """Read and check a search space; `config_path` replaces the space's `config`."""
+    source = str(path)
+    data = read_yaml(Path(path))
+    unknown = sorted(set(data) - set(TOP_LEVEL))
+    if unknown:
+        _fail(source, unknown[0], f"unknown key (allowed: {', '.join(TOP_LEVEL)})")
+    base = load_config(config_path or data.get("config", "configs/default.yaml"))
+    space = data.get("space")
+    if not isinstance(space, dict) or not space:
+        _fail(source, "space", "expected a mapping of knobs to distributions")
+    samples = data.get("samples", 8)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        _fail(source, "samples", f"expected a whole number of trials >= 1, got {samples!r}")
+    search = data.get("search", "random")
+    if search not in SEARCHES:
+        _fail(source, "search", f"{search!r} is not one of {', '.join(SEARCHES)}")
+    floor = data.get("accuracy_floor", 0.95)
+    if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not 0 <= floor <= 1:
+        _fail(source, "accuracy_floor", f"expected a fraction of the reference accuracy in [0, 1], got {floor!r}")
+    scheduler = _scheduler(source, data.get("scheduler", {}))
+    knobs = [_knob(source, name, spec, base) for name, spec in space.items()]
+    keys = [knob.key for knob in knobs]
+    duplicate = next((key for key in keys if keys.count(key) > 1), None)
+    if duplicate:
+        _fail(source, "space", f"{duplicate} is given twice")
+    if "train.epochs" in keys:
+        _fail(source, "space.train.epochs", "the scheduler's max_t sets the epochs of every trial")
+    return SearchSpace(source, base, knobs, samples, search, scheduler, float(floor))
+
+
+def _scheduler(source: str, data: Any) -> Scheduler:
+    if not isinstance(data, dict):
+        _fail(source, "scheduler", f"expected a mapping, got {data!r}")
+    unknown = sorted(set(data) - {"name", "max_t", "grace_period", "reduction_factor"})
+    if unknown:
+        _fail(source, f"scheduler.{unknown[0]}", "unknown key (allowed: name, max_t, grace_period, reduction_factor)")
+    scheduler = Scheduler(**data)
+    if scheduler.name not in SCHEDULERS:
+        _fail(source, "scheduler.name", f"{scheduler.name!r} is not one of {', '.join(SCHEDULERS)}")
+    for name in ("max_t", "grace_period", "reduction_factor"):
+        value = getattr(scheduler, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(source, f"scheduler.{name}", f"expected a whole number >= 1, got {value!r}")
+    if scheduler.grace_period > scheduler.max_t:
+        _fail(source, "scheduler.grace_period", f"{scheduler.grace_period} is above max_t {scheduler.max_t}")
+    if scheduler.reduction_factor < 2:
+        _fail(source, "scheduler.reduction_factor", "must be at least 2")
+    return scheduler

@@ -1,0 +1,49 @@
+"""Search spaces are checked like configs: one line naming the file, the key, the problem."""
+
+import pytest
+
+from ryot_ray.config import ConfigError
+from ryot_ray.tune.space import Knob, load_space
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def test_shipped_space_loads_with_short_knob_names():
+    space = load_space(REPO / "search_spaces/default.yaml", REPO / "configs/default.yaml")
+    assert Knob("model.sparse_k", "choice", (1.0, 0.5, 0.25)) in space.knobs
+    assert Knob("train.lr", "loguniform", (8e-4, 3e-3)) in space.knobs
+    assert space.scheduler.name == "asha" and space.accuracy_floor == 0.95
+
+
+BAD = [
+    ("space:\n  warp_drive: {choice: [1]}\n", "space.warp_drive: unknown knob"),
+    ("space:\n  sparse_k: {choice: []}\n", "space.sparse_k: choice needs a non-empty list"),
+    ("space:\n  sparse_k: {normal: [0, 1]}\n", "space.sparse_k: expected one of choice, grid"),
+    ("space:\n  train.lr: {loguniform: [0.0, 1.0]}\n", "loguniform needs a positive low end"),
+    ("space:\n  train.lr: {uniform: [0.1, 0.01]}\n", "uniform needs [low, high] with low < high"),
+    ("space:\n  mrl_depth: {randint: [1, 2.5]}\n", "randint needs whole numbers"),
+    ("space:\n  tile_size: {choice: [2, 16]}\n", "space.tile_size = 16: inference.tile_size: 16 is above the maximum 8"),
+    ("space:\n  rlvr_paths: {choice: [two]}\n", "inference.rlvr_paths: expected int, got 'two'"),
+    ("space:\n  model.colour: red\n", "unknown key model.colour"),
+    ("space:\n  train.epochs: 3\n", "the scheduler's max_t sets the epochs"),
+    ("space:\n  sparse_k: 0.5\n  model.sparse_k: 0.25\n", "model.sparse_k is given twice"),
+    ("space: {}\n", "space: expected a mapping of knobs"),
+    ("samples: 0\nspace:\n  sparse_k: 0.5\n", "samples: expected a whole number of trials >= 1"),
+    ("search: grid\nspace:\n  sparse_k: 0.5\n", "search: 'grid' is not one of random, optuna"),
+    ("scheduler: {name: asha, max_t: 2, grace_period: 3}\nspace:\n  sparse_k: 0.5\n",
+     "scheduler.grace_period: 3 is above max_t 2"),
+    ("scheduler: {reduction: 2}\nspace:\n  sparse_k: 0.5\n", "scheduler.reduction: unknown key"),
+    ("accuracy_floor: 2\nspace:\n  sparse_k: 0.5\n", "accuracy_floor: expected a fraction"),
+    ("budget: 3\nspace:\n  sparse_k: 0.5\n", "budget: unknown key"),
+    ("space:\n  sparse_k: [\n", "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_bad_space_is_one_clear_line(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_space(path, REPO / "configs/smoke.yaml")
+    assert message in str(error.value) and str(path) in str(error.value)
+    assert "\n" not in str(error.value)
