@@ -18,7 +18,7 @@ $(BIN)/ryot-ray: pyproject.toml
 install: $(BIN)/ryot-ray
 
 run: install
-	$(BIN)/ryot-ray train --config configs/default.yaml
+	$(BIN)/ryot-ray tune --space search_spaces/default.yaml
 
 test: install
 	$(BIN)/python -m pytest --cov=ryot_ray --cov-report=term -q

@@ -11,6 +11,12 @@ from pathlib import Path
 from ryot_ray.config import ConfigError, load_config
 
 
+def _ray_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    parser.add_argument("--dashboard-host", default="127.0.0.1",
+                        help="where a local cluster's dashboard listens (default: this machine only)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ryot-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -24,7 +30,19 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, help="Ray Train workers (CPU processes)")
     train.add_argument("--name", help="experiment name (default: the config's experiment and a timestamp)")
     train.add_argument("--results-dir", type=Path, default=Path("results"))
-    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    _ray_options(train)
+
+    tune = commands.add_parser("tune", help="the main job: ASHA over the adaptive space, then validate the best")
+    start = tune.add_mutually_exclusive_group(required=True)
+    start.add_argument("--space", type=Path, help="search space YAML, e.g. search_spaces/default.yaml")
+    start.add_argument("--resume", metavar="EXPERIMENT", help="continue results/EXPERIMENT")
+    tune.add_argument("--config", type=Path, help="run config every trial starts from (default: the space's)")
+    tune.add_argument("--samples", type=int, help="trials to sample (default: the space's)")
+    tune.add_argument("--name", help="experiment name (default: tune and a timestamp)")
+    tune.add_argument("--phase1", type=Path, default=Path("configs/phase1_baselines.yaml"))
+    tune.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the final validation's timings")
+    tune.add_argument("--results-dir", type=Path, default=Path("results"))
+    _ray_options(tune)
 
     bench = commands.add_parser("bench", help="measured speedups, side by side")
     benches = bench.add_subparsers(dest="what", required=True)
@@ -54,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     compression.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     compression.add_argument("--size", choices=["tiny", "small", "1b"], default="1b",
                              help="model preset of the decode parts")
+    tune_bench = benches.add_parser("tune", help="ASHA vs every trial to max_t, same space and seeds")
+    tune_bench.add_argument("--space", type=Path, default=Path("search_spaces/smoke.yaml"))
+    tune_bench.add_argument("--samples", type=int, help="trials to sample (default: the space's)")
+    tune_bench.add_argument("--results-dir", type=Path, default=Path("results"))
+    _ray_options(tune_bench)
     for parser_ in (train_bench, kernels, decode, compression):
         parser_.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
         parser_.add_argument("--threads", type=int, help="torch and kernel threads")
@@ -71,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--max-problems", type=int, help="answer only the first N test problems")
     validate.add_argument("--no-memory", action="store_true", help="skip the peak-RSS processes")
     validate.add_argument("--results-dir", type=Path, help="where the reports go (default: next to the checkpoint)")
-    validate.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    _ray_options(validate)
 
     generate = commands.add_parser("generate", help="answer your own prompts with a checkpoint")
     generate.add_argument("--checkpoint", type=Path, required=True)
@@ -83,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=64)
 
     info = commands.add_parser("info", help="CPU features, versions and the Ray cluster")
-    info.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    _ray_options(info)
     info.add_argument("--no-ray", action="store_true", help="skip connecting to Ray")
     return parser
 
@@ -107,7 +130,7 @@ def _train(args: argparse.Namespace) -> int:
     from ryot_ray.cluster import connect
     from ryot_ray.train.run import run_training
 
-    dashboard = connect(args.address)
+    dashboard = connect(args.address, args.dashboard_host)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
     print(f"experiment {directory.name}: {config.model.quantization} {config.model.preset}, "
@@ -129,6 +152,134 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     print(f"checkpoint: {outcome.checkpoint}")
     return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from ryot_ray.config import load_phase1
+    from ryot_ray.model.build import check_knobs
+    from ryot_ray.train.experiment import CONFIG_FILE, experiment_dir
+    from ryot_ray.tune.space import SPACE_FILE, load_space, save_space
+
+    if args.resume:
+        if args.config or args.samples:
+            raise ConfigError("--resume continues an experiment as it was started; drop --config and --samples")
+        directory = experiment_dir(args.results_dir, args.resume, resume=True)
+        space = load_space(directory / SPACE_FILE, directory / CONFIG_FILE)
+    else:
+        space = load_space(args.space, args.config)
+        if args.samples is not None:
+            if args.samples < 1:
+                raise ConfigError("--samples must be at least 1")
+            space.samples = args.samples
+        check_knobs(space.base.model)
+        directory = experiment_dir(args.results_dir, args.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+                                   resume=False)
+    targets = load_phase1(args.phase1)
+    if args.repeats < 1:
+        raise ConfigError("--repeats must be at least 1")
+    if not args.resume:
+        save_space(space, directory)
+
+    from ryot_ray.cluster import connect
+    from ryot_ray.report.tune import write_tune_reports
+    from ryot_ray.report.validation import write_reports
+    from ryot_ray.tune.summary import interrupted, summarize
+    from ryot_ray.tune.tuner import SearchError, run_search, train_reference
+
+    started = time.perf_counter()
+    dashboard = connect(args.address, args.dashboard_host)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}")
+    print(f"experiment {directory.name}: {space.samples} trial(s) of {space.source} -> {directory}")
+    measurement = _measurement(space)
+    stopped = (f"search interrupted; continue it with: ryot-ray tune --resume {directory.name} "
+               f"--results-dir {args.results_dir}")
+    try:
+        reference = train_reference(space, args.results_dir.resolve() / "references", measurement)
+        print(f"reference {reference.config_hash} ({'trained now' if reference.trained_now else 'cached'}): "
+              f"exact match {reference.accuracy:.3f} on {space.measure_problems} validation problems")
+        results = run_search(space, directory, reference, measurement, resume=bool(args.resume))
+    except SearchError as error:
+        print(f"ryot-ray: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(stopped, file=sys.stderr)
+        return 130
+    if interrupted(results):
+        print(stopped, file=sys.stderr)
+        return 130
+    summary = summarize(results, space, reference, time.perf_counter() - started)
+    best = summary["best"]
+    print(f"{len(summary['trials'])} trials, {summary['stopped_early']} stopped early by "
+          f"{space.scheduler.name}, {summary['errored']} errored; best {best['trial_id']}: objective "
+          f"{best['objective']:.3f}, speedup {best['speedup']:.2f}x, accuracy {best['inference_accuracy']:.3f}")
+    report = _validate_on_actor(Path(best["checkpoint"]), reference.checkpoint, targets, {}, args.repeats, None, True)
+    written = write_reports(report, directory)
+    written += write_tune_reports(summary, report, directory, time.perf_counter() - started)
+    _print_validation(report, written)
+    return 0
+
+
+def _measurement(space):
+    """Trials measured by the validation stage's functions, on the space's problems."""
+    from functools import partial
+
+    from ryot_ray.tune.tuner import Measurement
+    from ryot_ray.validate.trial import TrialMeasurement, reference_accuracy
+
+    return Measurement(TrialMeasurement(space.measure_problems),
+                       partial(reference_accuracy, problems=space.measure_problems))
+
+
+def _bench_tune(args: argparse.Namespace) -> int:
+    from ryot_ray.tune.space import load_space
+
+    space = load_space(args.space)
+    if args.samples is not None:
+        if args.samples < 1:
+            raise ConfigError("--samples must be at least 1")
+        space.samples = args.samples
+
+    from ryot_ray.bench.tune import bench_tune, table
+    from ryot_ray.cluster import connect
+    from ryot_ray.train.checkpoint import write_json_atomic
+
+    connect(args.address, args.dashboard_host)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    result = bench_tune(space, (args.results_dir / "bench" / f"tune-{stamp}").resolve(),
+                        args.results_dir.resolve() / "references", _measurement(space))
+    path = args.results_dir / "bench" / f"tune-{stamp}.json"
+    write_json_atomic(path, result)
+    print(table(result))
+    print(f"saved: {path}")
+    return 0
+
+
+def _validate_on_actor(checkpoint: Path, reference: Path | None, targets, inference: dict, repeats: int,
+                       max_problems: int | None, memory: bool) -> dict:
+    """The InferenceValidator on one actor holding a whole node's CPUs."""
+    import ray
+
+    from ryot_ray.cluster import largest_node_cpus
+    from ryot_ray.validate.validator import InferenceValidator
+
+    cpus = largest_node_cpus()
+    print(f"validating {checkpoint} on one Ray actor with {cpus} CPUs")
+    actor = ray.remote(num_cpus=cpus)(InferenceValidator).remote(
+        str(checkpoint.resolve()), str(reference.resolve()) if reference else None, targets,
+        inference=inference, repeats=repeats, max_problems=max_problems, memory=memory)
+    return ray.get(actor.validate.remote())
+
+
+def _print_validation(report: dict, written: list[Path]) -> None:
+    speedup, retention = report["integrated_speedup"], report["accuracy_retention"]
+    print(f"integrated speedup: {'not measured' if speedup is None else f'{speedup:.2f}x'}; "
+          f"accuracy retention: {'not measured' if retention is None else f'{retention:.3f}'}")
+    for name, verdict in report["phase1"].items():
+        print(f"  {name}: {verdict['direction']} {verdict['target']}, measured {verdict['measured']} -> "
+              f"{'met' if verdict['met'] else 'NOT MET'}")
+    for path in written:
+        print(f"wrote {path}")
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -154,6 +305,8 @@ def _integers(text: str) -> list[int]:
 def _bench(args: argparse.Namespace) -> int:
     from ryot_ray.train.checkpoint import write_json_atomic
 
+    if args.what == "tune":
+        return _bench_tune(args)
     if args.rounds < 1:
         raise ConfigError("--rounds must be at least 1")
     if getattr(args, "calls", 1) < 1:
@@ -213,7 +366,7 @@ def _info(args: argparse.Namespace) -> int:
     if not args.no_ray:
         from ryot_ray.cluster import cluster_resources, connect
 
-        connect(args.address)
+        connect(args.address, args.dashboard_host)
         facts["ray_cluster"] = cluster_resources()
     print(json.dumps(facts, indent=2))
     return 0
@@ -245,33 +398,17 @@ def _validate(args: argparse.Namespace) -> int:
     if args.repeats < 1 or (args.max_problems is not None and args.max_problems < 1):
         raise ConfigError("--repeats and --max-problems must be at least 1")
 
-    import ray
-
-    from ryot_ray.cluster import connect, largest_node_cpus
+    from ryot_ray.cluster import connect
     from ryot_ray.report.validation import TRAINING_FILE, write_reports
-    from ryot_ray.validate.validator import InferenceValidator
 
-    dashboard = connect(args.address)
+    dashboard = connect(args.address, args.dashboard_host)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
-    cpus = largest_node_cpus()
-    print(f"validating {args.checkpoint} on one Ray actor with {cpus} CPUs "
-          f"(rlvr_paths {config.inference.rlvr_paths}, ffn_level {config.inference.ffn_level})")
-    actor = ray.remote(num_cpus=cpus)(InferenceValidator).remote(
-        str(args.checkpoint.resolve()), str(args.reference.resolve()) if args.reference else None, targets,
-        inference=vars(config.inference), repeats=args.repeats, max_problems=args.max_problems,
-        memory=not args.no_memory)
-    report = ray.get(actor.validate.remote())
+    print(f"rlvr_paths {config.inference.rlvr_paths}, ffn_level {config.inference.ffn_level}")
+    report = _validate_on_actor(args.checkpoint, args.reference, targets, vars(config.inference), args.repeats,
+                                args.max_problems, not args.no_memory)
     directory = args.results_dir or args.checkpoint.resolve().parent
-    written = write_reports(report, directory, args.checkpoint.resolve().parent / TRAINING_FILE)
-    speedup, retention = report["integrated_speedup"], report["accuracy_retention"]
-    print(f"integrated speedup: {'not measured' if speedup is None else f'{speedup:.2f}x'}; "
-          f"accuracy retention: {'not measured' if retention is None else f'{retention:.3f}'}")
-    for name, verdict in report["phase1"].items():
-        print(f"  {name}: {verdict['direction']} {verdict['target']}, measured {verdict['measured']} -> "
-              f"{'met' if verdict['met'] else 'NOT MET'}")
-    for path in written:
-        print(f"wrote {path}")
+    _print_validation(report, write_reports(report, directory, args.checkpoint.resolve().parent / TRAINING_FILE))
     return 0
 
 
@@ -296,7 +433,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "bench": _bench, "validate": _validate, "generate": _generate, "info": _info}
+COMMANDS = {"tune": _tune, "train": _train, "bench": _bench, "validate": _validate, "generate": _generate, "info": _info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ def write_reports(report: dict, directory: Path, training_report: Path | None = 
     return written + plots + [directory / SUMMARY_FILE]
 
 
-def _figure(path: Path, draw) -> Path:
+def save_figure(path: Path, draw) -> Path:
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     draw(axes)
     figure.tight_layout()
@@ -63,7 +63,7 @@ def _accuracy_vs_speedup(report: dict, path: Path) -> Path | None:
         axes.set_title("Accuracy vs speedup, each optimization added in turn")
         axes.grid(alpha=0.3)
 
-    return _figure(path, draw)
+    return save_figure(path, draw)
 
 
 def _paths_by_difficulty(report: dict, path: Path) -> Path | None:
@@ -83,7 +83,7 @@ def _paths_by_difficulty(report: dict, path: Path) -> Path | None:
         axes.set_title("Reasoning paths used, by difficulty")
         axes.legend()
 
-    return _figure(path, draw)
+    return save_figure(path, draw)
 
 
 def _loss_curves(training: dict, path: Path) -> Path | None:
@@ -102,10 +102,10 @@ def _loss_curves(training: dict, path: Path) -> Path | None:
         axes.legend()
         axes.grid(alpha=0.3)
 
-    return _figure(path, draw)
+    return save_figure(path, draw)
 
 
-def _value(value: float | None, digits: int = 2) -> str:
+def shown(value: float | None, digits: int = 2) -> str:
     return "not measured" if value is None else f"{value:.{digits}f}"
 
 
@@ -118,17 +118,17 @@ def summary(report: dict, plots: list[str]) -> str:
         f"Checkpoint `{report['checkpoint']}`, reference `{report['reference_checkpoint'] or 'none'}`; "
         f"{report['problems']} test problems; node `{report['node']}`, {report['threads']} threads, "
         f"kernel path {report['kernel_path']['name']} {report['kernel_path']['isa']}; "
-        f"CPU {report['machine'].get('cpu_model', '?')}.",
+        f"CPU {report['machine']['cpu']['model']}.",
         "",
         f"- **Integrated speedup** (reference time to answer the test problems / optimized time): "
-        f"{_value(report['integrated_speedup'])}",
-        f"- **Accuracy retention** (optimized / reference exact match): {_value(report['accuracy_retention'], 3)}",
+        f"{shown(report['integrated_speedup'])}",
+        f"- **Accuracy retention** (optimized / reference exact match): {shown(report['accuracy_retention'], 3)}",
     ]
     if report.get("not_measured"):
         lines.append(f"- Not measured: {report['not_measured']}")
     lines += ["", "## Phase 1 targets", "", "| target | required | measured | met |", "|---|---|---|---|"]
     for name, verdict in report["phase1"].items():
-        lines.append(f"| {name} | {verdict['direction']} {verdict['target']} | {_value(verdict['measured'])} "
+        lines.append(f"| {name} | {verdict['direction']} {verdict['target']} | {shown(verdict['measured'])} "
                      f"| {'met' if verdict['met'] else '**not met**'} |")
     lines += ["", "## Variants", "",
               "| variant | exact match | time to answer (s) | paths | TTFT ms (median) | decode tokens/s (median) "
@@ -136,14 +136,14 @@ def summary(report: dict, plots: list[str]) -> str:
     for name, v in variants.items():
         ttft = v.get("ttft_ms", {}).get("median")
         rate = v.get("decode_tokens_per_s", {}).get("median")
-        lines.append(f"| {name} | {_value(v.get('accuracy'), 3)} | {_value(v.get('answer_time_s'))} "
-                     f"| {v.get('paths_total', '-')} | {_value(ttft, 1)} | {_value(rate, 1)} "
-                     f"| {_value(v.get('peak_rss_mb'), 0)} |")
+        lines.append(f"| {name} | {shown(v.get('accuracy'), 3)} | {shown(v.get('answer_time_s'))} "
+                     f"| {v.get('paths_total', '-')} | {shown(ttft, 1)} | {shown(rate, 1)} "
+                     f"| {shown(v.get('peak_rss_mb'), 0)} |")
     lines += ["", "## Each optimization in turn", "",
               "| step | exact match | speedup vs reference | vs previous step | paths |", "|---|---|---|---|---|"]
     for row in report["ablation"]:
-        lines.append(f"| {row['step']} | {row['accuracy']:.3f} | {_value(row.get('speedup_vs_reference'))} "
-                     f"| {_value(row.get('speedup_vs_previous_step'))} | {row['paths_total']} |")
+        lines.append(f"| {row['step']} | {row['accuracy']:.3f} | {shown(row.get('speedup_vs_reference'))} "
+                     f"| {shown(row.get('speedup_vs_previous_step'))} | {row['paths_total']} |")
     lines += ["", f"The optimized configuration is the last step, `{report['optimized']}`: "
               f"{optimized.get('paths_total', '-')} paths in all."]
     if plots:

@@ -5,6 +5,11 @@ checkpoint if there is one, trains on its shard of the examples (DDP over gloo w
 there are several workers), and once per epoch evaluates, then reports metrics and
 (from rank 0) a checkpoint. A non-finite loss on any worker stops every worker at the
 same step, with status `diverged`; the last good checkpoint stays the run's latest.
+
+A caller may pass `epoch_metrics(model, tokenizer, config, problems) -> dict`: rank 0
+calls it after each epoch's evaluation and adds what it returns to the report. That is
+how a Tune trial adds its measured speedup and objective without this stage importing
+the stages below it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import ray.train
 import ray.train.torch
@@ -41,6 +47,15 @@ from ryot_ray.train.evaluate import exact_match, mean_loss
 from ryot_ray.train.schedule import two_stage
 
 log = logging.getLogger(__name__)
+# Ray Train logs every report's whole metrics dict at INFO, from a logger named after its
+# source file (so RunConfig's LoggingConfig, which filters "ray.train", misses it).
+REPORT_LOGGER_SUFFIX = "ray/train/v2/_internal/execution/context.py"
+
+
+def quiet_report_logging() -> None:
+    for name in list(logging.root.manager.loggerDict):
+        if name.endswith(REPORT_LOGGER_SUFFIX):
+            logging.getLogger(name).setLevel(logging.WARNING)
 SPIKE_WINDOW = 50  # steps of history an anomaly is judged against
 
 
@@ -161,7 +176,12 @@ def epoch_record(stats: EpochStats, state: TrainingState, seconds: float) -> dic
     }
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+EpochMetrics = Callable[[torch.nn.Module, object, Config, list], dict]
+
+
+def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None = None) -> None:
+    setup_start = time.perf_counter()
+    quiet_report_logging()
     config = Config.from_dict(loop_config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -197,6 +217,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     evaluate = partial(exact_match, tokenizer=tokenizer, scratchpad=config.data.scratchpad,
                        batch_size=config.eval.batch_size, rank=rank, world=world)
 
+    setup_time = time.perf_counter() - setup_start  # model, data, process group: reported once per process
+    if state.epoch >= config.train.epochs and state.history:
+        # restarted after its last checkpoint (e.g. a resumed Tune trial): report where it ended
+        ray.train.report(state.history[-1])
     while state.epoch < config.train.epochs and state.status != "diverged":
         sampler.set_epoch(state.epoch)
         start = time.perf_counter()
@@ -225,6 +249,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             record.update({f"test_{key}": value for key, value in test.items()})
             state.status = "finished"
         record["eval_time_s"] = time.perf_counter() - eval_start
+        record["setup_time_s"], setup_time = setup_time, 0.0
+        if epoch_metrics is not None and rank == 0:
+            measure_start = time.perf_counter()
+            record.update(epoch_metrics(core, tokenizer, config, validation))
+            record["measure_time_s"] = time.perf_counter() - measure_start
         state.history.append(record)
         _report(record, core, tokenizer, config, state, optimizer, rank)
 

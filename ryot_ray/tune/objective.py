@@ -12,6 +12,9 @@ only accuracy counts, so the search climbs back towards the floor.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 FORMULA = ("objective = speedup * retention if retention >= accuracy_floor else retention - 1, "
            "where retention = accuracy / reference accuracy")
 
@@ -21,3 +24,21 @@ def objective(speedup: float, accuracy: float, reference_accuracy: float, floor:
         raise ValueError(f"speedup ({speedup}) and the reference accuracy ({reference_accuracy}) must be positive")
     retention = accuracy / reference_accuracy
     return speedup * retention if retention >= floor else retention - 1.0
+
+
+@dataclass(frozen=True)
+class EpochObjective:
+    """A trial's epoch metrics: what `measure` returns (it must give `inference_accuracy`
+    and `speedup`), with the accuracy retention and the objective added."""
+
+    measure: Callable[..., dict]
+    reference_accuracy: float
+    floor: float
+
+    def __call__(self, model, tokenizer, config, problems) -> dict:
+        metrics = self.measure(model, tokenizer, config, problems)
+        accuracy, speedup = metrics["inference_accuracy"], metrics["speedup"]
+        return metrics | {
+            "accuracy_retention": accuracy / self.reference_accuracy,
+            "objective": objective(speedup, accuracy, self.reference_accuracy, self.floor),
+        }

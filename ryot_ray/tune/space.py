@@ -7,6 +7,7 @@ samples: 8                        # trials (a grid multiplies them)
 search: random                    # random | optuna
 scheduler: {name: asha, max_t: 5, grace_period: 1, reduction_factor: 2}
 accuracy_floor: 0.95              # fraction of the reference accuracy a trial must keep
+measure_problems: 48              # validation problems a trial answers after each epoch
 space:
   sparse_k: {choice: [1.0, 0.5]}  # short names of the adaptive knobs ...
   train.lr: {loguniform: [5.0e-4, 3.0e-3]}   # ... or any config key
@@ -21,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ryot_ray.config import Config, ConfigError, read_yaml, load_config, with_overrides
+from ryot_ray.train.experiment import CONFIG_FILE
 
 KNOB_KEYS = {
     "tile_size": "inference.tile_size",
@@ -33,7 +37,8 @@ KNOB_KEYS = {
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SEARCHES = ("random", "optuna")
 SCHEDULERS = ("asha", "fifo")
-TOP_LEVEL = ("config", "samples", "search", "scheduler", "accuracy_floor", "space")
+TOP_LEVEL = ("config", "samples", "search", "scheduler", "accuracy_floor", "measure_problems", "space")
+SPACE_FILE = "search_space.yaml"  # the space as an experiment ran it, kept for --resume
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,12 @@ class Scheduler:
 class SearchSpace:
     source: str
     base: Config
-    knobs: list[Knob]
+    knobs: list[Knob]  # the searched ones; constants are folded into `base`
     samples: int = 8
     search: str = "random"
     scheduler: Scheduler = field(default_factory=Scheduler)
     accuracy_floor: float = 0.95
+    measure_problems: int = 48
 
 
 def _fail(source: str, key: str, message: str) -> None:
@@ -109,9 +115,10 @@ def load_space(path: str | Path, config_path: str | Path | None = None) -> Searc
     space = data.get("space")
     if not isinstance(space, dict) or not space:
         _fail(source, "space", "expected a mapping of knobs to distributions")
-    samples = data.get("samples", 8)
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        _fail(source, "samples", f"expected a whole number of trials >= 1, got {samples!r}")
+    samples, measure_problems = data.get("samples", 8), data.get("measure_problems", 48)
+    for name, value in (("samples", samples), ("measure_problems", measure_problems)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(source, name, f"expected a whole number >= 1, got {value!r}")
     search = data.get("search", "random")
     if search not in SEARCHES:
         _fail(source, "search", f"{search!r} is not one of {', '.join(SEARCHES)}")
@@ -124,9 +131,27 @@ def load_space(path: str | Path, config_path: str | Path | None = None) -> Searc
     duplicate = next((key for key in keys if keys.count(key) > 1), None)
     if duplicate:
         _fail(source, "space", f"{duplicate} is given twice")
+    if search == "optuna" and any(knob.kind == "grid" for knob in knobs):
+        _fail(source, "search", "optuna cannot search a grid; use choice")
     if "train.epochs" in keys:
         _fail(source, "space.train.epochs", "the scheduler's max_t sets the epochs of every trial")
-    return SearchSpace(source, base, knobs, samples, search, scheduler, float(floor))
+    searched_data = next((k.key for k in knobs if k.key.startswith("data.") and k.kind != "constant"), None)
+    if searched_data:
+        _fail(source, f"space.{searched_data}", "data.* can only be a constant: every trial and the reference "
+              "answer the same problems")
+    constants = [f"{k.key}={json.dumps(k.values[0])}" for k in knobs if k.kind == "constant"]
+    base = with_overrides(base, constants, source)  # constants hold for the reference too
+    knobs = [k for k in knobs if k.kind != "constant"]
+    return SearchSpace(source, base, knobs, samples, search, scheduler, float(floor), measure_problems)
+
+
+def save_space(space: SearchSpace, directory: Path) -> None:
+    """Keep the space and its base config in the experiment, as run (`--samples` applied)."""
+    data = read_yaml(Path(space.source))
+    data.update(samples=space.samples, config=str(directory / CONFIG_FILE))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(yaml.safe_dump(space.base.to_dict(), sort_keys=False))
+    (directory / SPACE_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _scheduler(source: str, data: Any) -> Scheduler:

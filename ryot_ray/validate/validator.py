@@ -170,9 +170,9 @@ def _answer_few(checkpoint: str, reference: bool, step: Step | None, threads: in
         model = frozen_model(model, config, step.sparse)
     problems = evaluation_problems(config.data, "test", config.seed)[:MEMORY_PROBLEMS]
     inference = step.inference if step else InferenceConfig()
-    max_new_tokens = _max_new_tokens(tokenizer, problems, config)
+    max_new_tokens = answer_budget(tokenizer, problems, config)
     engine = Engine(model, tokenizer, max(inference.rlvr_paths, inference.path_window),
-                    _max_length(tokenizer, problems, max_new_tokens))
+                    context_length(tokenizer, problems, max_new_tokens))
     start_measuring()
     for index, problem in enumerate(problems):
         if step is not None:
@@ -181,12 +181,13 @@ def _answer_few(checkpoint: str, reference: bool, step: Step | None, threads: in
     return peak_rss_mb()
 
 
-def _max_new_tokens(tokenizer, problems: list[Problem], config: Config) -> int:
+def answer_budget(tokenizer, problems: list[Problem], config: Config) -> int:
+    """New tokens enough for the longest correct completion, its EOS and one more."""
     return max(len(tokenizer(p.completion(config.data.scratchpad), add_special_tokens=False)["input_ids"])
                for p in problems) + 2
 
 
-def _max_length(tokenizer, problems: list[Problem], max_new_tokens: int) -> int:
+def context_length(tokenizer, problems: list[Problem], max_new_tokens: int) -> int:
     return max(len(tokenizer(p.prompt)["input_ids"]) for p in problems) + max_new_tokens + 1
 
 
@@ -225,8 +226,8 @@ class InferenceValidator:
                              "a BitNet checkpoint (the reference is --reference)")
         config.inference = dataclasses.replace(config.inference, **self.inference_overrides)
         problems = evaluation_problems(config.data, "test", config.seed)[: self.max_problems]
-        max_new_tokens = _max_new_tokens(tokenizer, problems, config)
-        max_length = _max_length(tokenizer, problems, max(max_new_tokens, SPEED_TOKENS))
+        max_new_tokens = answer_budget(tokenizer, problems, config)
+        max_length = context_length(tokenizer, problems, max(max_new_tokens, SPEED_TOKENS))
         steps = ablation(config)
         paths = max(config.inference.rlvr_paths, config.inference.path_window)
 

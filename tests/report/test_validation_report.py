@@ -26,3 +26,4 @@ def test_reports_and_plots_are_written(tmp_path, trained_nested_sparse, trained_
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| ttft_ms | at most 0.001 |" in summary and "**not met**" in summary
     assert "![loss_curves.png](loss_curves.png)" in summary
+    assert f"CPU {report['machine']['cpu']['model']}." in summary

@@ -10,10 +10,24 @@ from ryot_ray.train.checkpoint import TrainingState
 from ryot_ray.train.loop import EpochStats, _flag_anomalies, build_optimizer, train_loop_per_worker, worker_threads
 
 
-def run_in_process(config: Config) -> dict:
-    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=config.to_dict(),
-                           scaling_config=ScalingConfig(num_workers=0))
+def run_in_process(config: Config, loop=train_loop_per_worker) -> dict:
+    trainer = TorchTrainer(loop, train_loop_config=config.to_dict(), scaling_config=ScalingConfig(num_workers=0))
     return trainer.fit().metrics
+
+
+def test_epoch_metrics_are_added_after_each_evaluation(smoke_config):
+    from functools import partial
+
+    calls = []
+
+    def epoch_metrics(model, tokenizer, config, problems):
+        calls.append((model.training, len(problems)))
+        return {"problems_seen_by_hook": len(problems)}
+
+    smoke_config.train.epochs = 2
+    metrics = run_in_process(smoke_config, partial(train_loop_per_worker, epoch_metrics=epoch_metrics))
+    assert calls == [(False, metrics["problems"])] * 2  # after each epoch, on the model in eval mode
+    assert metrics["problems_seen_by_hook"] == metrics["problems"] and metrics["measure_time_s"] > 0
 
 
 def test_loop_learns_and_reports_every_metric(smoke_config):
@@ -119,3 +133,14 @@ def test_a_short_last_accumulation_window_is_averaged_over_its_own_batches(smoke
     assert whole.losses == first.losses + last.losses
     for a, b in zip(together.parameters(), apart.parameters()):
         assert torch.equal(a, b)
+
+
+def test_ray_train_s_per_report_dump_is_quieted():
+    import logging
+
+    from ryot_ray.train.loop import REPORT_LOGGER_SUFFIX, quiet_report_logging
+
+    logger = logging.getLogger(f"/somewhere/site-packages/{REPORT_LOGGER_SUFFIX}")
+    logger.setLevel(logging.INFO)
+    quiet_report_logging()
+    assert logger.level == logging.WARNING

@@ -16,3 +16,15 @@ def test_the_floor_dominates_then_speed_and_accuracy_both_count():
 def test_nonsense_inputs_are_refused():
     with pytest.raises(ValueError, match="must be positive"):
         objective(2.0, 0.5, 0.0, 0.95)
+
+
+def test_epoch_objective_adds_retention_and_the_formula_to_what_was_measured():
+    from ryot_ray.tune.objective import EpochObjective
+
+    def measure(model, tokenizer, config, problems):
+        return {"inference_accuracy": len(problems) / 10, "speedup": 1.5}
+
+    metrics = EpochObjective(measure, reference_accuracy=0.5, floor=0.9)(None, None, None, [1, 2, 3, 4])
+    assert metrics["accuracy_retention"] == pytest.approx(0.8)
+    assert metrics["objective"] == pytest.approx(0.8 - 1)  # below the floor: accuracy only
+    assert metrics["speedup"] == 1.5

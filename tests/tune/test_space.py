@@ -15,6 +15,24 @@ def test_shipped_space_loads_with_short_knob_names():
     assert space.scheduler.name == "asha" and space.accuracy_floor == 0.95
 
 
+def test_constants_go_into_the_base_config_the_reference_shares(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("space:\n  data.train_per_level: 123\n  train.workers: 1\n  rlvr_paths: {choice: [1, 2]}\n")
+    space = load_space(path, REPO / "configs/default.yaml")
+    assert space.base.data.train_per_level == 123 and space.base.train.workers == 1
+    assert [knob.key for knob in space.knobs] == ["inference.rlvr_paths"]
+
+
+def test_saved_space_reloads_as_it_ran(tmp_path):
+    from ryot_ray.tune.space import SPACE_FILE, save_space
+
+    space = load_space(REPO / "search_spaces/smoke.yaml", REPO / "configs/smoke.yaml")
+    space.samples = 5
+    save_space(space, tmp_path / "experiment")
+    again = load_space(tmp_path / "experiment" / SPACE_FILE)
+    assert again.samples == 5 and again.knobs == space.knobs and again.base == space.base
+
+
 BAD = [
     ("space:\n  warp_drive: {choice: [1]}\n", "space.warp_drive: unknown knob"),
     ("space:\n  sparse_k: {choice: []}\n", "space.sparse_k: choice needs a non-empty list"),
@@ -28,7 +46,7 @@ BAD = [
     ("space:\n  train.epochs: 3\n", "the scheduler's max_t sets the epochs"),
     ("space:\n  sparse_k: 0.5\n  model.sparse_k: 0.25\n", "model.sparse_k is given twice"),
     ("space: {}\n", "space: expected a mapping of knobs"),
-    ("samples: 0\nspace:\n  sparse_k: 0.5\n", "samples: expected a whole number of trials >= 1"),
+    ("samples: 0\nspace:\n  sparse_k: 0.5\n", "samples: expected a whole number >= 1"),
     ("search: grid\nspace:\n  sparse_k: 0.5\n", "search: 'grid' is not one of random, optuna"),
     ("scheduler: {name: asha, max_t: 2, grace_period: 3}\nspace:\n  sparse_k: 0.5\n",
      "scheduler.grace_period: 3 is above max_t 2"),
@@ -36,6 +54,9 @@ BAD = [
     ("accuracy_floor: 2\nspace:\n  sparse_k: 0.5\n", "accuracy_floor: expected a fraction"),
     ("budget: 3\nspace:\n  sparse_k: 0.5\n", "budget: unknown key"),
     ("space:\n  sparse_k: [\n", "is not valid YAML"),
+    ("measure_problems: 0\nspace:\n  sparse_k: 0.5\n", "measure_problems: expected a whole number >= 1"),
+    ("search: optuna\nspace:\n  sparse_k: {grid: [1.0, 0.5]}\n", "search: optuna cannot search a grid"),
+    ("space:\n  data.train_per_level: {choice: [100, 200]}\n", "data.* can only be a constant"),
 ]
 
 

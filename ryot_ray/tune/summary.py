@@ -1,0 +1,131 @@
+"""What a finished search says: every trial's last figures, how it ended, where its time
+went, the Pareto front of speedup against accuracy, and the best trial.
+
+Times come from Tune's `time_total_s` (seconds since the trial function started, at
+each report) and the worker's own timers: setting up (model, data, process group),
+training, evaluation and the objective's measurement. What is left is Ray's part:
+starting the trial's Train controller and worker processes, checkpointing and reporting.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import ray.tune
+
+from ryot_ray.tune.objective import FORMULA
+from ryot_ray.tune.space import SearchSpace
+from ryot_ray.tune.tuner import METRIC, Reference
+
+STOPPED_EARLY = "stopped early"
+TIMERS = ("setup_time_s", "epoch_time_s", "eval_time_s", "measure_time_s")
+FIGURES = ("objective", "speedup", "inference_accuracy", "accuracy_retention", "accuracy", "speedup_per_problem",
+           "paths_per_problem", "node", "node_id", "kernel_path")
+
+
+def interrupted(results: ray.tune.ResultGrid) -> bool:
+    """True when some trial neither finished nor failed: the driver was stopped. (Tune marks
+    the trials it stops on Ctrl-C terminated too; only a finished one's last result is done.)"""
+    return any(result.error is None and not (result.metrics or {}).get("done") for result in results)
+
+
+def _column(frame, name: str) -> list[float]:
+    return [float(v) for v in frame[name].fillna(0.0)] if name in frame else []
+
+
+def overhead(frame) -> dict:
+    """Where a trial's time went, from its per-epoch reports."""
+    if frame is None or frame.empty:
+        return {}
+    totals = _column(frame, "time_total_s")
+    training = sum(_column(frame, "epoch_time_s"))
+    evaluation = sum(_column(frame, "eval_time_s"))
+    measurement = sum(_column(frame, "measure_time_s"))
+    setup = sum(_column(frame, "setup_time_s"))
+    first_report = sum(_column(frame, name)[0] for name in TIMERS if name in frame)
+    trial = totals[-1]
+    return {
+        "trial_s": trial,
+        "first_report_s": totals[0],
+        "ray_start_up_s": totals[0] - first_report,
+        "worker_setup_s": setup,
+        "training_s": training,
+        "evaluation_s": evaluation,
+        "measurement_s": measurement,
+        "ray_s": trial - setup - training - evaluation - measurement,
+    }
+
+
+def trial_record(result: ray.tune.Result, space: SearchSpace) -> dict:
+    metrics = result.metrics or {}
+    epochs = int(metrics.get("epoch", 0))
+    if result.error is not None:
+        status = "errored"
+    elif epochs < space.scheduler.max_t:
+        status = STOPPED_EARLY
+    else:
+        status = "completed"
+    frame = result.metrics_dataframe
+    record = {
+        "trial_id": metrics.get("trial_id") or result.path.rsplit("/", 1)[-1],
+        "params": {knob.key: (result.config or {}).get(knob.key) for knob in space.knobs},
+        "status": status,
+        "epochs": epochs,
+        **{name: metrics[name] for name in FIGURES if name in metrics},
+        "objective_by_epoch": _column(frame, METRIC) if frame is not None else [],
+        "checkpoint": metrics.get("checkpoint_path"),
+        "overhead": overhead(frame),
+    }
+    if result.error is not None:
+        record["error"] = str(result.error).strip().splitlines()[-1][:300]
+    return record
+
+
+def pareto_front(trials: list[dict]) -> list[str]:
+    """Trials no other trial beats on both speedup and inference accuracy."""
+    measured = [t for t in trials if "speedup" in t and "inference_accuracy" in t]
+
+    def dominated(trial: dict) -> bool:
+        return any(o["speedup"] >= trial["speedup"] and o["inference_accuracy"] >= trial["inference_accuracy"]
+                   and (o["speedup"], o["inference_accuracy"]) != (trial["speedup"], trial["inference_accuracy"])
+                   for o in measured)
+
+    return [t["trial_id"] for t in measured if not dominated(t)]
+
+
+def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Reference, wall_time_s: float) -> dict:
+    trials = [trial_record(result, space) for result in results]
+    ranked = [t for t in trials if t["status"] != "errored" and METRIC in t]
+    if not ranked:
+        raise ValueError("no trial reported an objective")
+    best = max(ranked, key=lambda t: (t[METRIC], t["speedup"]))  # below the floor, ties go to the faster
+    timed = [t["overhead"] for t in trials if t["overhead"]]
+    trial_time = sum(o["trial_s"] for o in timed)
+    return {
+        "space": space.source,
+        "objective_formula": FORMULA,
+        "accuracy_floor": space.accuracy_floor,
+        "scheduler": vars(space.scheduler),
+        "search": space.search,
+        "samples": space.samples,
+        "reference": {"checkpoint": str(reference.checkpoint), "accuracy": reference.accuracy,
+                      "config_hash": reference.config_hash, "trained_in_this_run": reference.trained_now},
+        "wall_time_s": wall_time_s,
+        "trials": trials,
+        "stopped_early": sum(t["status"] == STOPPED_EARLY for t in trials),
+        "errored": sum(t["status"] == "errored" for t in trials),
+        "pareto_front": pareto_front(trials),
+        "best_trial": best["trial_id"],
+        "best": best,
+        "overhead": {
+            "trial_time_s": trial_time,
+            "training_s": sum(o["training_s"] for o in timed),
+            "worker_setup_s": sum(o["worker_setup_s"] for o in timed),
+            "evaluation_and_measurement_s": sum(o["evaluation_s"] + o["measurement_s"] for o in timed),
+            "ray_s": sum(o["ray_s"] for o in timed),
+            "ray_fraction": sum(o["ray_s"] for o in timed) / trial_time if trial_time else None,
+            "first_report_s": ({"min": min(o["first_report_s"] for o in timed),
+                                "median": statistics.median(o["first_report_s"] for o in timed),
+                                "max": max(o["first_report_s"] for o in timed)} if timed else None),
+        },
+    }

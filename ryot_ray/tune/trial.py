@@ -1,0 +1,70 @@
+"""One Tune trial: the documented Train V2 pattern, a function that drives one TorchTrainer.
+
+The trial's config is the search's base config with the sampled knobs and `max_t`
+epochs. Rank 0 of the Train run adds the measured speedup and the objective to each
+epoch's report (`epoch_metrics`), and `TuneReportCallback` forwards that report to
+Tune, where ASHA reads it. The Train run is named after the trial, so a restarted or
+resumed trial continues from its own last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import ray.tune
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from ryot_ray.config import Config, with_overrides
+from ryot_ray.train.loop import train_loop_per_worker
+
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_S = "0.5"  # Ray's 2 s default delays each epoch's report to ASHA by up to 2 s
+
+
+class TrialDiverged(RuntimeError):
+    """The loss stopped being finite; the trial ends with this error, the search goes on."""
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    base: dict  # the run config every trial starts from
+    max_t: int  # epochs of a trial that is never stopped
+    storage: str  # where the Train runs keep their checkpoints
+    epoch_metrics: Callable  # (model, tokenizer, config, problems) -> metrics, on rank 0
+
+
+def trial_config(base: Config, params: dict, epochs: int) -> Config:
+    overrides = [f"{key}={json.dumps(value)}" for key, value in sorted(params.items())]
+    return with_overrides(base, [*overrides, f"train.epochs={epochs}"], "trial")
+
+
+def run_trial(params: dict, setup: TrialSetup) -> None:
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)  # read by the Train controller it starts
+    config = trial_config(Config.from_dict(setup.base), params, setup.max_t)
+    trainer = TorchTrainer(
+        partial(train_loop_per_worker, epoch_metrics=setup.epoch_metrics),
+        train_loop_config=config.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=config.train.workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": config.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=f"train-{ray.tune.get_context().get_trial_id()}",
+            storage_path=setup.storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.metrics and result.metrics.get("status") == "diverged":
+        raise TrialDiverged(f"the loss is not finite at epoch {result.metrics['epoch']}, "
+                            f"step {result.metrics['step']}")

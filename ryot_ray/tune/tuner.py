@@ -1,0 +1,164 @@
+"""The search: one reference training per experiment, then Ray Tune with ASHA over the space.
+
+The reference (the base config in full precision: dense, full width, same data and
+epochs) is trained once and cached by the hash of its config under
+`<results>/references/`, so a second experiment on the same base config, or a resumed
+one, reuses it. Its accuracy on the problems a trial measures is the denominator of
+every trial's accuracy retention.
+
+A trial asks for no CPU of its own, only the memory its driver process uses (the Train
+workers it starts hold the CPUs), and at most as many trials run at once as the
+cluster has CPUs for their workers, so trials never wait on each other's placement
+groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import ray
+import ray.tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from ryot_ray.config import Config, with_overrides
+from ryot_ray.train.checkpoint import write_json_atomic
+from ryot_ray.train.run import run_training
+from ryot_ray.tune.objective import EpochObjective
+from ryot_ray.tune.progress import TrialProgress
+from ryot_ray.tune.space import Knob, SearchSpace
+from ryot_ray.tune.trial import TrialSetup, run_trial
+
+METRIC = "objective"
+TUNE_RUN = "tune"  # Tune's experiment folder inside the experiment's directory
+TRAIN_RUNS = "train-runs"  # the trials' Ray Train runs
+REFERENCE_RECORD = "reference_accuracy.json"
+TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2**20}  # Tune needs some resource in a trial's bundle
+
+
+class SearchError(RuntimeError):
+    """The search cannot give meaningful results (e.g. a reference that learned nothing)."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How trials are measured; the CLI passes the validation stage's functions."""
+
+    per_epoch: Callable[..., dict]  # (model, tokenizer, config, problems) -> inference_accuracy, speedup, ...
+    reference_accuracy: Callable[[Path], float]  # a trained reference checkpoint -> its accuracy
+
+
+@dataclass
+class Reference:
+    checkpoint: Path
+    accuracy: float
+    config_hash: str
+    trained_now: bool
+
+
+def reference_config(space: SearchSpace) -> Config:
+    """The Phase 1 reference of the search: the base config in fp32, no knobs, `max_t` epochs."""
+    return with_overrides(space.base, [
+        "model.quantization=none", "model.mrl_depth=1", "model.sparse_k=1.0",
+        "model.activation_compression=none", f"train.epochs={space.scheduler.max_t}",
+    ], f"{space.source}: reference")
+
+
+def reference_dir(config: Config, cache: Path) -> tuple[Path, str]:
+    """Where the reference of `config` is cached, and the hash that names it."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return cache / f"reference-{digest}", digest
+
+
+def train_reference(space: SearchSpace, cache: Path, measurement: Measurement) -> Reference:
+    config = reference_config(space)
+    directory, digest = reference_dir(config, cache)
+    record = directory / REFERENCE_RECORD
+    if record.is_file():
+        data = json.loads(record.read_text())
+        return Reference(Path(data["checkpoint"]), data["accuracy"], digest, trained_now=False)
+    outcome = run_training(config, directory)
+    if outcome.checkpoint is None or outcome.status != "finished":
+        raise SearchError(f"the reference training did not finish ({outcome.status}); see {outcome.report_path}")
+    accuracy = measurement.reference_accuracy(outcome.checkpoint)
+    if accuracy == 0:
+        raise SearchError(f"the reference ({outcome.checkpoint}) answers none of the measured problems, so "
+                          "accuracy retention is undefined: train longer (scheduler.max_t) or on more data")
+    write_json_atomic(record, {"checkpoint": str(outcome.checkpoint), "accuracy": accuracy, "config_hash": digest})
+    return Reference(outcome.checkpoint, accuracy, digest, trained_now=True)
+
+
+def tune_domain(knob: Knob):
+    values = list(knob.values)
+    if knob.kind == "constant":
+        return values[0]
+    if knob.kind == "grid":
+        return ray.tune.grid_search(values)
+    if knob.kind == "choice":
+        return ray.tune.choice(values)
+    return getattr(ray.tune, knob.kind)(*values)  # uniform, loguniform, randint: [low, high)
+
+
+def concurrent_trials(space: SearchSpace) -> int:
+    """Trials whose workers fit in the cluster's CPUs at the same time (at least one)."""
+    def most(key: str, base: int) -> int:
+        return max((max(k.values) for k in space.knobs if k.key == key), default=base)
+
+    per_trial = most("train.workers", space.base.train.workers) * most("train.cpus_per_worker",
+                                                                        space.base.train.cpus_per_worker)
+    return max(1, int(ray.cluster_resources().get("CPU", 0) // per_trial))
+
+
+def _scheduler(space: SearchSpace):
+    if space.scheduler.name == "fifo":
+        return FIFOScheduler()
+    # by epoch, not Tune's iteration count: a resumed trial's Train run continues its epochs
+    return ASHAScheduler(time_attr="epoch", max_t=space.scheduler.max_t,
+                         grace_period=space.scheduler.grace_period,
+                         reduction_factor=space.scheduler.reduction_factor)
+
+
+def _search_algorithm(space: SearchSpace, concurrent: int):
+    """Seeded, and limited to `concurrent` trials at once (Tune ignores
+    `max_concurrent_trials` when it is handed a variant generator)."""
+    if space.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=space.base.seed), max_concurrent=concurrent)
+    return BasicVariantGenerator(random_state=space.base.seed, max_concurrent=concurrent)
+
+
+def run_search(space: SearchSpace, directory: Path, reference: Reference, measurement: Measurement,
+               resume: bool = False) -> ray.tune.ResultGrid:
+    """Run (or, with `resume`, continue) the search; returns Tune's results."""
+    setup = TrialSetup(
+        base=space.base.to_dict(),
+        max_t=space.scheduler.max_t,
+        storage=str(directory / TRAIN_RUNS),
+        epoch_metrics=EpochObjective(measurement.per_epoch, reference.accuracy, space.accuracy_floor),
+    )
+    # A diverged epoch's report has no objective; Tune would end the whole search over it.
+    # Without the strict check ASHA skips that report and the trial ends with TrialDiverged.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER)
+    path = directory / TUNE_RUN
+    if resume and ray.tune.Tuner.can_restore(str(path)):
+        tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True)  # errored: kept as they ended
+    else:
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={knob.key: tune_domain(knob) for knob in space.knobs},
+            tune_config=ray.tune.TuneConfig(
+                metric=METRIC, mode="max", num_samples=space.samples, scheduler=_scheduler(space),
+                search_alg=_search_algorithm(space, concurrent_trials(space)),
+            ),
+            run_config=ray.tune.RunConfig(name=TUNE_RUN, storage_path=str(directory), verbose=0,
+                                          callbacks=[TrialProgress(space.scheduler.max_t)]),
+        )
+    return tuner.fit()

@@ -1,0 +1,35 @@
+"""`ryot-ray bench tune`: the same tiny space under ASHA and under FIFO, on a real local Ray."""
+
+import json
+
+import pytest
+
+from tests.e2e.test_cli_train import ryot_ray
+
+pytestmark = pytest.mark.ray
+
+SPACE = """config: {config}
+samples: 1
+scheduler: {{name: asha, max_t: 2, grace_period: 1, reduction_factor: 2}}
+accuracy_floor: 0.5
+measure_problems: 8
+space:
+  data.train_per_level: 600
+  train.lr: {{grid: [3.0e-3, 1.0e-7]}}
+"""
+
+
+def test_asha_and_fifo_run_the_same_trials(tmp_path):
+    from tests.conftest import SMOKE
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.format(config=SMOKE))
+    done = ryot_ray("bench", "tune", "--space", str(space), "--results-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next((tmp_path / "bench").glob("tune-*.json")).read_text())
+    asha, fifo = result["runs"]["asha"], result["runs"]["fifo"]
+    assert [t["params"] for t in asha["trials"]] == [t["params"] for t in fifo["trials"]]
+    assert fifo["epochs"] == 2 * 2 and fifo["stopped_early"] == 0
+    assert asha["epochs"] == 4 - asha["stopped_early"]
+    assert result["trial_time_saved"] == pytest.approx(fifo["trial_time_s"] / asha["trial_time_s"])
+    assert "fifo / asha: trial time" in done.stdout

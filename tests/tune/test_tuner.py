@@ -1,0 +1,63 @@
+"""How a search space becomes Tune's param space, scheduler and search, and how the
+reference is chosen and cached. (The search itself runs in tests/e2e/test_cli_tune.py.)"""
+
+import json
+
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from ryot_ray.tune.space import Knob, load_space
+from ryot_ray.tune.tuner import (REFERENCE_RECORD, Measurement, _scheduler, _search_algorithm, reference_config,
+                                 reference_dir, train_reference, tune_domain)
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def test_each_kind_becomes_its_tune_domain():
+    assert tune_domain(Knob("train.workers", "constant", (1,))) == 1
+    assert tune_domain(Knob("train.lr", "grid", (1e-3, 2e-3))) == {"grid_search": [1e-3, 2e-3]}
+    assert tune_domain(Knob("model.sparse_k", "choice", (1.0, 0.5))).categories == [1.0, 0.5]
+    loguniform = tune_domain(Knob("train.lr", "loguniform", (1e-4, 1e-2)))
+    assert (loguniform.lower, loguniform.upper) == (1e-4, 1e-2) and "LogUniform" in str(loguniform.sampler)
+    randint = tune_domain(Knob("inference.rlvr_paths", "randint", (1, 5)))
+    assert (randint.lower, randint.upper) == (1, 5)
+
+
+def test_the_reference_is_the_base_in_fp32_for_max_t_epochs(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("scheduler: {max_t: 3}\nspace:\n  sparse_k: {choice: [0.5, 0.25]}\n  mrl_depth: 2\n"
+                    "  data.train_per_level: 50\n")
+    space = load_space(path, REPO / "configs/smoke.yaml")
+    reference = reference_config(space)
+    assert reference.model.quantization == "none" and reference.model.mrl_depth == 1
+    assert reference.model.sparse_k == 1.0 and reference.train.epochs == 3
+    assert reference.data.train_per_level == 50  # the same data as every trial
+
+
+def test_a_cached_reference_is_reused_without_training(tmp_path):
+    space = load_space(REPO / "search_spaces/smoke.yaml")
+    directory, digest = reference_dir(reference_config(space), tmp_path)
+    directory.mkdir(parents=True)
+    (directory / REFERENCE_RECORD).write_text(json.dumps({"checkpoint": "somewhere", "accuracy": 0.25}))
+
+    def never(*args):
+        raise AssertionError("measured again")
+
+    reference = train_reference(space, tmp_path, Measurement(never, never))
+    assert (reference.accuracy, reference.config_hash, reference.trained_now) == (0.25, digest, False)
+    smaller = load_space(REPO / "search_spaces/smoke.yaml")
+    smaller.base.data.train_per_level = 10
+    assert reference_dir(reference_config(smaller), tmp_path)[1] != digest  # another config, another reference
+
+
+def test_scheduler_and_search_follow_the_space():
+    space = load_space(REPO / "search_spaces/smoke.yaml")
+    asha = _scheduler(space)
+    assert isinstance(asha, ASHAScheduler) and asha._max_t == 2
+    space.scheduler.name, space.search = "fifo", "optuna"
+    space.knobs = [k for k in space.knobs if k.kind != "grid"]
+    assert isinstance(_scheduler(space), FIFOScheduler)
+    limited = _search_algorithm(space, concurrent=3)
+    assert isinstance(limited.searcher, OptunaSearch) and limited.max_concurrent == 3
+    space.search = "random"
+    assert _search_algorithm(space, concurrent=2).max_concurrent == 2
