@@ -126,6 +126,7 @@ def _train(args: argparse.Namespace) -> int:
         check_knobs(config.model)
         name = args.name or f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
         directory = experiment_dir(args.results_dir, name, resume=False)
+    _check_memory(config, args.address)
 
     from ryot_ray.cluster import connect
     from ryot_ray.train.run import run_training
@@ -144,6 +145,10 @@ def _train(args: argparse.Namespace) -> int:
     if test:
         by_family = ", ".join(f"{f} {a:.3f}" for f, a in test["test_accuracy_by_family"].items())
         print(f"test exact match {test['test_accuracy']:.3f} ({by_family})")
+    restarts = outcome.report["worker_restarts"]
+    if restarts:
+        print(f"worker group restarted {len(restarts)} time(s) after a failure, from epoch(s) "
+              f"{', '.join(str(r['epoch']) for r in restarts)}")
     print(f"report: {outcome.report_path}")
     if outcome.status == "diverged":
         last = outcome.report["epochs"][-1]
@@ -177,8 +182,7 @@ def _tune(args: argparse.Namespace) -> int:
     targets = load_phase1(args.phase1)
     if args.repeats < 1:
         raise ConfigError("--repeats must be at least 1")
-    if not args.resume:
-        save_space(space, directory)
+    _check_memory(space.base, args.address)
 
     from ryot_ray.cluster import connect
     from ryot_ray.report.tune import write_tune_reports
@@ -190,6 +194,8 @@ def _tune(args: argparse.Namespace) -> int:
     dashboard = connect(args.address, args.dashboard_host)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
+    if not args.resume:
+        save_space(space, directory)
     print(f"experiment {directory.name}: {space.samples} trial(s) of {space.source} -> {directory}")
     measurement = _measurement(space)
     stopped = (f"search interrupted; continue it with: ryot-ray tune --resume {directory.name} "
@@ -211,13 +217,25 @@ def _tune(args: argparse.Namespace) -> int:
     summary = summarize(results, space, reference, time.perf_counter() - started)
     best = summary["best"]
     print(f"{len(summary['trials'])} trials, {summary['stopped_early']} stopped early by "
-          f"{space.scheduler.name}, {summary['errored']} errored; best {best['trial_id']}: objective "
+          f"{space.scheduler.name}, {summary['errored']} errored, {summary['diverged']} diverged; best {best['trial_id']}: objective "
           f"{best['objective']:.3f}, speedup {best['speedup']:.2f}x, accuracy {best['inference_accuracy']:.3f}")
     report = _validate_on_actor(Path(best["checkpoint"]), reference.checkpoint, targets, {}, args.repeats, None, True)
     written = write_reports(report, directory)
     written += write_tune_reports(summary, report, directory, time.perf_counter() - started)
     _print_validation(report, written)
     return 0
+
+
+def _check_memory(config, address: str | None) -> None:
+    """On an embedded cluster the whole run shares this machine's memory; refuse a model
+    whose training cannot fit before anything starts."""
+    import psutil
+
+    from ryot_ray.cluster import embedded
+    from ryot_ray.model.footprint import check_training_fits
+
+    if embedded(address):
+        check_training_fits(config, psutil.virtual_memory().total)
 
 
 def _measurement(space):
@@ -386,14 +404,10 @@ def _inference_config(checkpoint: Path, overrides: list[str]):
 
 def _validate(args: argparse.Namespace) -> int:
     from ryot_ray.config import load_phase1
-    from ryot_ray.train.checkpoint import CheckpointError
 
-    try:
-        config = _inference_config(args.checkpoint, args.overrides)
-        if args.reference is not None:
-            _inference_config(args.reference, [])
-    except CheckpointError as error:
-        raise ConfigError(str(error)) from None
+    config = _inference_config(args.checkpoint, args.overrides)
+    if args.reference is not None:
+        _inference_config(args.reference, [])
     targets = load_phase1(args.phase1)
     if args.repeats < 1 or (args.max_problems is not None and args.max_problems < 1):
         raise ConfigError("--repeats and --max-problems must be at least 1")
@@ -414,12 +428,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from ryot_ray.infer.generate import answer_prompts, read_prompts
-    from ryot_ray.train.checkpoint import CheckpointError
 
-    try:
-        config = _inference_config(args.checkpoint, args.overrides)
-    except CheckpointError as error:
-        raise ConfigError(str(error)) from None
+    config = _inference_config(args.checkpoint, args.overrides)
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be at least 1")

@@ -8,15 +8,43 @@ sets it.
 
 from __future__ import annotations
 
+import os
+import socket
+
 import ray
+
+from ryot_ray.config import ConfigError
+
+REACH_TIMEOUT_S = 5  # ray.init itself retries an unreachable address for minutes
+
+
+def embedded(address: str | None) -> bool:
+    """True when this run starts its own local cluster (no --address, no RAY_ADDRESS)."""
+    return not address and not os.environ.get("RAY_ADDRESS")
+
+
+def check_reachable(address: str) -> None:
+    """One clear line for an address nothing answers at, instead of minutes of retries."""
+    if address in ("auto", "local") or "://" in address:
+        return  # Ray resolves these itself, and fails fast
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or address, int(port or 6379)), timeout=REACH_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({error})") from None
 
 
 def connect(address: str | None = None, dashboard_host: str = "127.0.0.1") -> str | None:
     """Initialise Ray once per process; return the dashboard URL if there is one."""
     if ray.is_initialized():
         return None
+    if address:
+        check_reachable(address)
     kwargs = {"address": address} if address else {"dashboard_host": dashboard_host}
-    context = ray.init(**kwargs, logging_level="WARNING", log_to_driver=True)
+    try:
+        context = ray.init(**kwargs, logging_level="WARNING", log_to_driver=True)
+    except ConnectionError as error:
+        raise ConfigError(f"--address {address}: {error}") from None
     url = context.dashboard_url
     return f"http://{url}" if url and not url.startswith("http") else url
 

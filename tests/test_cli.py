@@ -15,23 +15,46 @@ def run(capsys, *argv):
     return code, captured.err.strip().splitlines()
 
 
-def test_bad_config_value(capsys, tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("train:\n  workers: -3\n")
-    code, err = run(capsys, "train", "--config", str(path), "--results-dir", str(tmp_path))
-    assert code == 2
-    assert err == [f"ryot-ray: error: {path}: train.workers: -3 is below the minimum 1"]
+SMOKE = str(REPO / "configs/smoke.yaml")
+SMOKE_SPACE = str(REPO / "search_spaces/smoke.yaml")
+
+# (file to write as bad.yaml or None, argv with {bad} and {dir} filled in, what the one line says)
+BAD_INPUT = [
+    ("train: [\n", ["train", "--config", "{bad}"], "bad.yaml: line 2 is not valid YAML"),
+    ("trian:\n  workers: 1\n", ["train", "--config", "{bad}"], "unknown key trian"),
+    ("train:\n  lr: fast\n", ["train", "--config", "{bad}"], "train.lr: expected float, got 'fast'"),
+    ("train:\n  workers: -3\n", ["train", "--config", "{bad}"], "train.workers: -3 is below the minimum 1"),
+    ("data:\n  train_per_level: 0\n", ["train", "--config", "{bad}"], "data.train_per_level: 0 is below the minimum 1"),
+    (None, ["train", "--config", SMOKE, "--workers", "0"], "train.workers: 0 is below the minimum 1"),
+    ("space:\n  sparse_k: {choice: []}\n", ["tune", "--space", "{bad}"], "space.sparse_k: choice needs a non-empty list"),
+    ("space:\n  train.lr: {uniform: [0.1, 0.01]}\n", ["tune", "--space", "{bad}"], "needs [low, high] with low < high"),
+    (None, ["train", "--config", "{dir}/missing.yaml"], "missing.yaml: no such config file"),
+    (None, ["tune", "--space", "{dir}/missing.yaml"], "missing.yaml: no such config file"),
+    (None, ["validate", "--checkpoint", "{dir}/missing"], "state.json: missing"),
+    ("{not json", ["validate", "--checkpoint", "{dir}"], "state.json: not valid JSON"),
+    (None, ["train", "--config", SMOKE, "--set", "model.preset=1b", "--workers", "16"],
+     "model preset 1b: training needs at least 262.3 GiB (16 worker(s) x 16.4 GiB"),
+    (None, ["train", "--config", SMOKE, "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray cluster answers there"),
+    (None, ["tune", "--space", SMOKE_SPACE, "--address", "127.0.0.1:1"], "no Ray cluster answers there"),
+    (None, ["tune", "--resume", "keep", "--samples", "3"], "--resume continues an experiment as it was started"),
+    (None, ["train", "--config", SMOKE, "--name", "keep"], "exists; pass --resume keep"),
+]
 
 
-def test_missing_config_file(capsys, tmp_path):
-    code, err = run(capsys, "train", "--config", str(tmp_path / "nope.yaml"))
-    assert code == 2 and len(err) == 1 and "no such config file" in err[0]
-
-
-def test_bad_workers_flag(capsys, tmp_path):
-    code, err = run(capsys, "train", "--config", str(REPO / "configs/smoke.yaml"), "--workers", "0",
-                    "--results-dir", str(tmp_path))
-    assert code == 2 and "train.workers: 0 is below the minimum 1" in err[0]
+@pytest.mark.parametrize("content, argv, message", BAD_INPUT)
+def test_bad_input_is_one_line_and_loses_nothing(capsys, tmp_path, content, argv, message):
+    results = tmp_path / "results"
+    (results / "keep").mkdir(parents=True)
+    (results / "keep" / "config.yaml").write_text("mine")
+    bad = tmp_path / "bad.yaml"
+    if content is not None:
+        bad.write_text(content)
+        (tmp_path / "state.json").write_text(content)  # for the checkpoint case
+    code, err = run(capsys, *[a.format(bad=bad, dir=tmp_path) for a in argv], "--results-dir", str(results))
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert err[0].startswith("ryot-ray: error: ")
+    assert [p.name for p in results.iterdir()] == ["keep"]
+    assert (results / "keep" / "config.yaml").read_text() == "mine"
 
 
 def test_knob_too_large_for_the_preset_stops_before_anything_is_written(capsys, tmp_path):
@@ -39,15 +62,6 @@ def test_knob_too_large_for_the_preset_stops_before_anything_is_written(capsys, 
                     "--set", "model.sparse_k=100", "--results-dir", str(tmp_path))
     assert code == 2 and err == ["ryot-ray: error: model.sparse_k: 100 activations is above the narrowest FFN width 64"]
     assert list(tmp_path.iterdir()) == []
-
-
-def test_existing_experiment_is_not_overwritten(capsys, tmp_path):
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "keep.txt").write_text("mine")
-    code, err = run(capsys, "train", "--config", str(REPO / "configs/smoke.yaml"), "--name", "taken",
-                    "--results-dir", str(tmp_path))
-    assert code == 2 and "pass --resume taken" in err[0]
-    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
 def test_resume_of_unknown_experiment(capsys, tmp_path):

@@ -120,6 +120,15 @@ def autotune(shapes, rounds: int = 5, calls: int = 5, path: Path | None = None, 
     return entries
 
 
+def tune_missing(shapes, **kwargs) -> dict:
+    """Tune, on this node, the (K, N) shapes its cache does not hold yet; the cache after."""
+    cached = load_cache()
+    missing = sorted({(k, n) for k, n in shapes if f"{k}x{n}" not in cached})
+    if missing:
+        autotune(missing, **kwargs)
+    return load_cache()
+
+
 def table(result: dict) -> str:
     lines = [f"tiles tuned on this CPU, cached in {result['cache']}",
              f"{'K x N':<12}{'rows/tile':>10}{'tokens/tile':>12}  decode µs by rows per tile"]

@@ -74,7 +74,7 @@ def build_model(
     if llama is not None:
         model = LlamaForCausalLM(llama)
     elif config.pretrained:
-        model = LlamaForCausalLM.from_pretrained(config.pretrained, dtype="float32")
+        model = LlamaForCausalLM.from_pretrained(config.pretrained, dtype="float32", use_safetensors=True)
     else:
         model = LlamaForCausalLM(llama_config(config.preset, tokenizer))
     return LINEAR_BUILDERS[config.quantization](model, config)

@@ -65,7 +65,7 @@ def trials_markdown(summary: dict, plot: str | None) -> str:
         f"Space `{summary['space']}`, {summary['search']} search, scheduler {summary['scheduler']['name']} "
         f"(max_t {summary['scheduler']['max_t']}, grace period {summary['scheduler']['grace_period']}, "
         f"reduction factor {summary['scheduler']['reduction_factor']}); {len(summary['trials'])} trials, "
-        f"{summary['stopped_early']} stopped early, {summary['errored']} errored; "
+        f"{summary['stopped_early']} stopped early, {summary['errored']} errored, {summary['diverged']} diverged; "
         f"wall time {summary['wall_time_s']:.0f} s.",
         "",
         f"Objective: `{summary['objective_formula']}`, accuracy floor {summary['accuracy_floor']}. "

@@ -1,14 +1,16 @@
 """Checkpoints: safetensors weights and optimizer state, JSON for everything else.
 
 A checkpoint directory holds `model.safetensors`, `optimizer.safetensors` (optional),
-`state.json` (run config, Llama config, progress and history) and the tokenizer files.
-Loading reads tensors and JSON only; nothing is unpickled. Directories and reports are
-written next to their destination and renamed into place, so a reader never sees half
-of one.
+`state.json` (run config, Llama config, progress and history, and the SHA-256 of each
+tensor file) and the tokenizer files. Loading checks the files against their digests
+first, so a truncated or corrupted file is named instead of loaded, and reads tensors and
+JSON only; nothing is unpickled. Directories and reports are written next to their
+destination and renamed into place, so a reader never sees half of one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from ryot_ray.config import Config
+from ryot_ray.config import Config, ConfigError
 from ryot_ray.data.tokenizer import load_tokenizer
 from ryot_ray.model.build import build_model
 
@@ -31,8 +33,9 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or not one of ours."""
+class CheckpointError(ConfigError):
+    """A checkpoint that is missing, truncated, corrupted or not one of ours: bad input,
+    reported as one line like a bad config."""
 
 
 @dataclass
@@ -43,6 +46,9 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)  # one record per completed epoch
     anomalies: list[dict] = field(default_factory=list)
     machine: dict = field(default_factory=dict)  # facts of the rank-0 worker
+    # every start of the worker group: {"run", "epoch", "step", "world_size"}; a run's
+    # starts after its first are restarts after a worker failure
+    starts: list[dict] = field(default_factory=list)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -92,18 +98,37 @@ def save_checkpoint(
         "llama_config": model.config.to_dict(),
         "state": asdict(state),
         "optimizer_param_groups": param_groups,
+        "files": {name: _sha256(directory / name) for name in (MODEL_FILE, OPTIMIZER_FILE)
+                  if (directory / name).is_file()},
     }
     write_json_atomic(directory / STATE_FILE, record)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_checkpoint_record(directory: Path) -> dict:
+    """`state.json`, once every tensor file it lists is there with the digest it records."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; {directory} is not a ryot-ray checkpoint")
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    for name, digest in record.get("files", {}).items():
+        tensors = Path(directory) / name
+        if not tensors.is_file():
+            raise CheckpointError(f"{tensors}: missing (state.json lists it)")
+        if _sha256(tensors) != digest:
+            raise CheckpointError(f"{tensors}: truncated or corrupted (its SHA-256 is not the one state.json "
+                                  "records); restore it or resume from an earlier checkpoint")
+    return record
 
 
 def load_checkpoint(directory: Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, Config, TrainingState]:
@@ -131,9 +156,9 @@ def load_weights(directory: Path, model: torch.nn.Module) -> None:
         )
 
 
-def load_optimizer(directory: Path, optimizer: torch.optim.Optimizer) -> None:
+def load_optimizer(directory: Path, optimizer: torch.optim.Optimizer, record: dict) -> None:
+    """The optimizer state of a checkpoint whose `record` (`read_checkpoint_record`) was read."""
     path = Path(directory) / OPTIMIZER_FILE
-    record = read_checkpoint_record(directory)
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as error:

@@ -9,7 +9,8 @@ same step, with status `diverged`; the last good checkpoint stays the run's late
 A caller may pass `epoch_metrics(model, tokenizer, config, problems) -> dict`: rank 0
 calls it after each epoch's evaluation and adds what it returns to the report. That is
 how a Tune trial adds its measured speedup and objective without this stage importing
-the stages below it.
+the stages below it. A caller's `run_id` marks the worker-group starts it caused, so the
+restarts after a worker failure can be told from a resumed run's first start.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ryot_ray.train.evaluate import exact_match, mean_loss
 from ryot_ray.train.schedule import two_stage
 
 log = logging.getLogger(__name__)
+SPIKE_WINDOW = 50  # steps of history an anomaly is judged against
 # Ray Train logs every report's whole metrics dict at INFO, from a logger named after its
 # source file (so RunConfig's LoggingConfig, which filters "ray.train", misses it).
 REPORT_LOGGER_SUFFIX = "ray/train/v2/_internal/execution/context.py"
@@ -56,7 +58,6 @@ def quiet_report_logging() -> None:
     for name in list(logging.root.manager.loggerDict):
         if name.endswith(REPORT_LOGGER_SUFFIX):
             logging.getLogger(name).setLevel(logging.WARNING)
-SPIKE_WINDOW = 50  # steps of history an anomaly is judged against
 
 
 @dataclass
@@ -179,7 +180,8 @@ def epoch_record(stats: EpochStats, state: TrainingState, seconds: float) -> dic
 EpochMetrics = Callable[[torch.nn.Module, object, Config, list], dict]
 
 
-def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None = None) -> None:
+def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None = None,
+                          run_id: str | None = None) -> None:
     setup_start = time.perf_counter()
     quiet_report_logging()
     config = Config.from_dict(loop_config)
@@ -198,10 +200,12 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
+            record = read_checkpoint_record(directory)  # refuses a truncated or corrupted file, by name
             load_weights(directory, model)
-            load_optimizer(directory, optimizer)
-            state = TrainingState(**read_checkpoint_record(directory)["state"])
+            load_optimizer(directory, optimizer, record)
+            state = TrainingState(**record["state"])
             state.machine = machine_facts()
+    state.starts.append({"run": run_id, "epoch": state.epoch, "step": state.step, "world_size": world})
     model = ray.train.torch.prepare_model(model)
     core = model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -250,6 +254,7 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
             state.status = "finished"
         record["eval_time_s"] = time.perf_counter() - eval_start
         record["setup_time_s"], setup_time = setup_time, 0.0
+        record["worker_group_starts"] = sum(start["run"] == run_id for start in state.starts)
         if epoch_metrics is not None and rank == 0:
             measure_start = time.perf_counter()
             record.update(epoch_metrics(core, tokenizer, config, validation))

@@ -9,21 +9,39 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import yaml
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
 from ryot_ray.config import Config
 from ryot_ray.machine import machine_facts
 from ryot_ray.train.experiment import CONFIG_FILE
-from ryot_ray.train.checkpoint import TrainingState, atomic_directory, read_checkpoint_record, write_json_atomic
+from ryot_ray.train.checkpoint import (CheckpointError, TrainingState, atomic_directory, read_checkpoint_record,
+                                      write_json_atomic)
 from ryot_ray.train.loop import train_loop_per_worker
 
 REPORT_FILE = "training_metrics_report.json"
 RUN_NAME = "train"
+
+
+def _damaged_checkpoint(error: WorkerGroupError) -> CheckpointError | None:
+    """A worker's refusal of a damaged checkpoint, as the one line it is (not a traceback)."""
+    for failure in error.worker_failures.values():
+        cause = getattr(failure, "cause", failure)  # a RayTaskError carries the worker's exception
+        if isinstance(cause, CheckpointError):
+            return CheckpointError(cause.args[0])
+    return None
+
+
+def worker_restarts(state: TrainingState, run_id: str) -> list[dict]:
+    """Where this run's worker group started again after a failure (its first start is
+    the run's own, fresh or resumed)."""
+    return [start for start in state.starts if start["run"] == run_id][1:]
 
 
 @dataclass
@@ -38,8 +56,9 @@ def run_training(config: Config, directory: Path) -> TrainingOutcome:
     """Train (resuming from `directory/ray` when it holds this run) and report."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    run_id = uuid.uuid4().hex
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        partial(train_loop_per_worker, run_id=run_id),
         train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(
             num_workers=config.train.workers,
@@ -53,7 +72,10 @@ def run_training(config: Config, directory: Path) -> TrainingOutcome:
         ),
     )
     start = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except WorkerGroupError as error:
+        raise _damaged_checkpoint(error) or error
     wall_time = time.perf_counter() - start
     if result.error:
         raise result.error
@@ -83,6 +105,7 @@ def run_training(config: Config, directory: Path) -> TrainingOutcome:
         "epochs": history,
         "test": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("test_")},
         "anomalies": state.anomalies,
+        "worker_restarts": worker_restarts(state, run_id),
         "checkpoint": str(checkpoint_dir) if checkpoint_dir else None,
     }
     report_path = directory / REPORT_FILE

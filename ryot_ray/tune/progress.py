@@ -25,8 +25,12 @@ class TrialProgress(Callback):
                    f"train loss {result['train_loss']:.3f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        epochs = (trial.last_result or {}).get("epoch", 0)
-        how = "completed" if epochs >= self.max_t else "stopped early"
+        last = trial.last_result or {}
+        epochs = last.get("epoch", 0)
+        if last.get("status") == "diverged":
+            how = "diverged (the loss is not finite)"
+        else:
+            how = "completed" if epochs >= self.max_t else "stopped early"
         self.print(f"trial {trial.trial_id} {how} after {epochs} epoch(s)")
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -18,9 +18,10 @@ from ryot_ray.tune.space import SearchSpace
 from ryot_ray.tune.tuner import METRIC, Reference
 
 STOPPED_EARLY = "stopped early"
+DIVERGED = "diverged"  # the loss stopped being finite; the trial has no objective for that epoch
 TIMERS = ("setup_time_s", "epoch_time_s", "eval_time_s", "measure_time_s")
 FIGURES = ("objective", "speedup", "inference_accuracy", "accuracy_retention", "accuracy", "speedup_per_problem",
-           "paths_per_problem", "node", "node_id", "kernel_path")
+           "paths_per_problem", "node", "node_id", "cpu", "kernel_path")
 
 
 def interrupted(results: ray.tune.ResultGrid) -> bool:
@@ -61,6 +62,8 @@ def trial_record(result: ray.tune.Result, space: SearchSpace) -> dict:
     epochs = int(metrics.get("epoch", 0))
     if result.error is not None:
         status = "errored"
+    elif metrics.get("status") == "diverged":
+        status = DIVERGED
     elif epochs < space.scheduler.max_t:
         status = STOPPED_EARLY
     else:
@@ -71,6 +74,7 @@ def trial_record(result: ray.tune.Result, space: SearchSpace) -> dict:
         "params": {knob.key: (result.config or {}).get(knob.key) for knob in space.knobs},
         "status": status,
         "epochs": epochs,
+        "restarts": max(0, int(metrics.get("worker_group_starts", 1)) - 1),  # worker group or trial started again
         **{name: metrics[name] for name in FIGURES if name in metrics},
         "objective_by_epoch": _column(frame, METRIC) if frame is not None else [],
         "checkpoint": metrics.get("checkpoint_path"),
@@ -95,7 +99,7 @@ def pareto_front(trials: list[dict]) -> list[str]:
 
 def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Reference, wall_time_s: float) -> dict:
     trials = [trial_record(result, space) for result in results]
-    ranked = [t for t in trials if t["status"] != "errored" and METRIC in t]
+    ranked = [t for t in trials if t["status"] not in ("errored", DIVERGED) and METRIC in t]
     if not ranked:
         raise ValueError("no trial reported an objective")
     best = max(ranked, key=lambda t: (t[METRIC], t["speedup"]))  # below the floor, ties go to the faster
@@ -114,6 +118,7 @@ def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Refer
         "trials": trials,
         "stopped_early": sum(t["status"] == STOPPED_EARLY for t in trials),
         "errored": sum(t["status"] == "errored" for t in trials),
+        "diverged": sum(t["status"] == DIVERGED for t in trials),
         "pareto_front": pareto_front(trials),
         "best_trial": best["trial_id"],
         "best": best,

@@ -3,7 +3,8 @@
 The trial's config is the search's base config with the sampled knobs and `max_t`
 epochs. Rank 0 of the Train run adds the measured speedup and the objective to each
 epoch's report (`epoch_metrics`), and `TuneReportCallback` forwards that report to
-Tune, where ASHA reads it. The Train run is named after the trial, so a restarted or
+Tune, where ASHA reads it. A run whose loss stops being finite ends the trial with its
+last report's status `diverged`; the search goes on. The Train run is named after the trial, so a restarted or
 resumed trial continues from its own last checkpoint.
 """
 
@@ -27,10 +28,6 @@ HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_S = "0.5"  # Ray's 2 s default delays each epoch's report to ASHA by up to 2 s
 
 
-class TrialDiverged(RuntimeError):
-    """The loss stopped being finite; the trial ends with this error, the search goes on."""
-
-
 @dataclass(frozen=True)
 class TrialSetup:
     base: dict  # the run config every trial starts from
@@ -47,8 +44,9 @@ def trial_config(base: Config, params: dict, epochs: int) -> Config:
 def run_trial(params: dict, setup: TrialSetup) -> None:
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)  # read by the Train controller it starts
     config = trial_config(Config.from_dict(setup.base), params, setup.max_t)
+    trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
-        partial(train_loop_per_worker, epoch_metrics=setup.epoch_metrics),
+        partial(train_loop_per_worker, epoch_metrics=setup.epoch_metrics, run_id=f"trial-{trial_id}"),
         train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(
             num_workers=config.train.workers,
@@ -56,7 +54,7 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
             resources_per_worker={"CPU": config.train.cpus_per_worker},
         ),
         run_config=RunConfig(
-            name=f"train-{ray.tune.get_context().get_trial_id()}",
+            name=f"train-{trial_id}",
             storage_path=setup.storage,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=config.train.max_failures),
@@ -64,7 +62,5 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     )
     result = trainer.fit()
     if result.error:
-        raise result.error
-    if result.metrics and result.metrics.get("status") == "diverged":
-        raise TrialDiverged(f"the loss is not finite at epoch {result.metrics['epoch']}, "
-                            f"step {result.metrics['step']}")
+        raise result.error  # Tune starts the trial again (its FailureConfig); its Train run continues
+    # a diverged run ends here, without an error Tune would retry: its last report says "diverged"

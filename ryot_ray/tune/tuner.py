@@ -30,6 +30,7 @@ from ryot_ray.config import Config, with_overrides
 from ryot_ray.train.checkpoint import write_json_atomic
 from ryot_ray.train.run import run_training
 from ryot_ray.tune.objective import EpochObjective
+from ryot_ray.tune.metrics import TrialMetrics
 from ryot_ray.tune.progress import TrialProgress
 from ryot_ray.tune.space import Knob, SearchSpace
 from ryot_ray.tune.trial import TrialSetup, run_trial
@@ -39,6 +40,7 @@ TUNE_RUN = "tune"  # Tune's experiment folder inside the experiment's directory
 TRAIN_RUNS = "train-runs"  # the trials' Ray Train runs
 REFERENCE_RECORD = "reference_accuracy.json"
 TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2**20}  # Tune needs some resource in a trial's bundle
+STATE_SAVE_S = "1"
 
 
 class SearchError(RuntimeError):
@@ -144,8 +146,11 @@ def run_search(space: SearchSpace, directory: Path, reference: Reference, measur
         epoch_metrics=EpochObjective(measurement.per_epoch, reference.accuracy, space.accuracy_floor),
     )
     # A diverged epoch's report has no objective; Tune would end the whole search over it.
-    # Without the strict check ASHA skips that report and the trial ends with TrialDiverged.
+    # Without the strict check ASHA skips that report and the trial ends, status "diverged".
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune saves the experiment state every 10 s by default; a driver killed in between
+    # would lose trials that had finished and --resume would start them again.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_S)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER)
     path = directory / TUNE_RUN
     if resume and ray.tune.Tuner.can_restore(str(path)):
@@ -158,7 +163,10 @@ def run_search(space: SearchSpace, directory: Path, reference: Reference, measur
                 metric=METRIC, mode="max", num_samples=space.samples, scheduler=_scheduler(space),
                 search_alg=_search_algorithm(space, concurrent_trials(space)),
             ),
-            run_config=ray.tune.RunConfig(name=TUNE_RUN, storage_path=str(directory), verbose=0,
-                                          callbacks=[TrialProgress(space.scheduler.max_t)]),
+            run_config=ray.tune.RunConfig(
+                name=TUNE_RUN, storage_path=str(directory), verbose=0,
+                # a trial whose driver died with its node starts again elsewhere
+                failure_config=ray.tune.FailureConfig(max_failures=space.base.train.max_failures),
+                callbacks=[TrialProgress(space.scheduler.max_t), TrialMetrics(directory.name)]),
         )
     return tuner.fit()

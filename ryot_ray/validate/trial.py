@@ -28,6 +28,7 @@ from ryot_ray.data.tasks import Problem
 from ryot_ray.infer.engine import Engine, SamplingConfig
 from ryot_ray.infer.reasoning import answer
 from ryot_ray.kernels.ternary import kernel_path
+from ryot_ray.machine import cpu_facts
 from ryot_ray.model.build import build_model
 from ryot_ray.model.matryoshka import use_width
 from ryot_ray.train.checkpoint import load_checkpoint
@@ -96,6 +97,7 @@ class TrialMeasurement:
             "measured_problems": len(chosen),
             "node": platform.node(),
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+            "cpu": {key: cpu_facts()[key] for key in ("model", "signature")},
             "kernel_path": f"{path.name} {path.isa}".strip(),
         }
 

@@ -35,10 +35,12 @@ from ryot_ray.data.tasks import Problem, extract_answer
 from ryot_ray.infer.engine import Engine
 from ryot_ray.infer.reasoning import answer
 from ryot_ray.infer.speed import engine_speed, transformers_speed
+from ryot_ray.kernels.autotune import tune_missing
 from ryot_ray.kernels.frozen import freeze
 from ryot_ray.kernels.ternary import kernel_path
 from ryot_ray.machine import machine_facts
 from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
+from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.build import build_model
 from ryot_ray.model.matryoshka import use_width
 from ryot_ray.train.checkpoint import load_checkpoint
@@ -78,8 +80,12 @@ def ablation(config: Config) -> list[Step]:
 
 
 def frozen_model(model: nn.Module, config: Config, sparse: bool) -> nn.Module:
-    """A frozen copy of `model` in the layout its inference config asks for."""
+    """A frozen copy of `model` in the layout its inference config asks for. Without a
+    `tile_size`, each shape gets the tile tuned for this node's CPU, tuned here first if
+    this node has not tuned it yet (nodes of a cluster may have different CPUs)."""
     inference = config.inference
+    if inference.tile_size is None and kernel_path().name == "native":
+        tune_missing({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, BitLinear)})
     return freeze(copy.deepcopy(model), rows_per_tile=inference.tile_size,
                   int8_embeddings=inference.int8_embeddings, sparse=sparse)
 

@@ -1,22 +1,29 @@
 """A real two-node Ray cluster on this machine: `ray start --head` and `ray start
---address`, one CPU each and a resource label per node. Teardown stops only this
-cluster's processes (found by its own temp dir), never another Ray on the machine."""
+--address`, one CPU each, a resource label and a temp dir per node, token
+authentication on with a token of the cluster's own. Teardown stops only this
+cluster's processes (found by their temp dirs, with every process they started),
+never another Ray on the machine."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
 
 RAY = str(Path(sys.executable).with_name("ray"))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -26,34 +33,94 @@ def free_port() -> int:
 
 
 def processes_of(temp_dir: str) -> list[psutil.Process]:
-    found = []
+    """A node's Ray processes (their command lines name its temp dir) and all they started."""
+    found = {}
     for process in psutil.process_iter(["cmdline"]):
-        if temp_dir in " ".join(process.info["cmdline"] or []):
-            found.append(process)
-    return found
+        if process.pid != os.getpid() and temp_dir in " ".join(process.info["cmdline"] or []):
+            found[process.pid] = process
+            try:
+                found.update({child.pid: child for child in process.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+    return list(found.values())
+
+
+def stop(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=20)
+
+
+@dataclass
+class Cluster:
+    address: str  # the GCS, for ray start and ray.init
+    dashboard: str  # the dashboard and job server
+    metrics: str  # the head's metrics export endpoint
+    env: dict  # what a client of this cluster needs (token included)
+    temp_dirs: dict[str, str] = field(default_factory=dict)  # node label -> temp dir
+
+    def start_node(self, label: str) -> None:
+        temp_dir = tempfile.mkdtemp(prefix=f"ryot-{label}-", dir="/tmp")  # short: socket paths live under it
+        self.temp_dirs[label] = temp_dir
+        command = [RAY, "start", f"--address={self.address}", f"--temp-dir={temp_dir}",
+                   f'--resources={{"{label}": 1}}', "--num-cpus=1", "--disable-usage-stats"]
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    def stop_node(self, label: str) -> None:
+        stop(processes_of(self.temp_dirs[label]))
+
+    def submit(self, *args: str, wait: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+        """`ray job submit` of `python -m ryot_ray ARGS` with the repository as working dir."""
+        command = [RAY, "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
+                   *([] if wait else ["--no-wait"]), "--", sys.executable, "-m", "ryot_ray", *args]
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def get(self, path: str, token: bool = True) -> tuple[int, str]:
+        request = urllib.request.Request(self.dashboard + path)
+        if token:
+            request.add_header("x-ray-authorization", f"Bearer {self.env['RAY_AUTH_TOKEN']}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def node_ids(self) -> dict[str, str]:
+        """Node label -> node id of the live nodes, from the dashboard's node list."""
+        _, body = self.get("/nodes?view=summary")
+        by_temp_dir = {node["raylet"]["tempDir"]: node["raylet"]["nodeId"]
+                       for node in json.loads(body)["data"]["summary"] if node["raylet"]["state"] == "ALIVE"}
+        return {label: by_temp_dir[path] for label, path in self.temp_dirs.items() if path in by_temp_dir}
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    """(GCS address, dashboard URL, env) of a head and a second node, one CPU each."""
-    temp_dir = tempfile.mkdtemp(prefix="ryot-", dir="/tmp")  # short: Ray's socket paths live under it
-    port, dashboard = free_port(), free_port()
-    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-    common = ["--num-cpus=1", "--disable-usage-stats"]
+def cluster():
+    """A head ("node_head") and a second node ("node_second"), one CPU each."""
+    temp_dir = tempfile.mkdtemp(prefix="ryot-head-", dir="/tmp")
+    port, dashboard, metrics = free_port(), free_port(), free_port()
+    env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env.pop("RAY_ADDRESS", None)
+    cluster = Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics",
+                      env, {"node_head": temp_dir})
     try:
         head = subprocess.run([RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
                                '--resources={"node_head": 1}', "--dashboard-host=127.0.0.1",
-                               f"--dashboard-port={dashboard}", *common],
+                               f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}",
+                               "--num-cpus=1", "--disable-usage-stats"],
                               env=env, capture_output=True, text=True, timeout=120)
         assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
-        second = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", '--resources={"node_second": 1}',
-                                 *common], env=env, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env
+        cluster.start_node("node_second")
+        deadline = time.monotonic() + 60
+        while len(cluster.node_ids()) < 2:
+            assert time.monotonic() < deadline, "the second node did not join"
+            time.sleep(1)
+        yield cluster
     finally:
-        for process in processes_of(temp_dir):
-            process.terminate()
-        _, alive = psutil.wait_procs(processes_of(temp_dir), timeout=20)
-        for process in alive:
-            process.kill()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for directory in cluster.temp_dirs.values():
+            stop(processes_of(directory))
+            shutil.rmtree(directory, ignore_errors=True)

@@ -1,28 +1,90 @@
-"""`ray job submit` of the smoke search on a real two-node cluster: the job succeeds,
-trials run on both nodes and every report lands in the storage the job was given."""
+"""`ray job submit` of the smoke search on a real two-node cluster, its driver killed
+mid-search and the search resubmitted with `--resume`: it finishes without rerunning a
+finished trial, trials ran on both nodes, every report lands in the storage the job was
+given, the dashboard wants the cluster's token and the trials' figures reach the metrics
+export endpoint."""
 
 import json
-import subprocess
-import sys
+import re
+import signal
+import time
 
+import psutil
 import pytest
 
-from tests.cluster.conftest import RAY
-from tests.e2e.test_cli_train import REPO
+from tests.e2e.test_cli_tune import finished_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
 
-def test_submitted_search_uses_both_nodes(two_nodes, tmp_path):
-    _, dashboard, env = two_nodes
-    job = subprocess.run(
-        [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--",
-         sys.executable, "-m", "ryot_ray", "tune", "--space", "search_spaces/smoke.yaml",
-         "--results-dir", str(tmp_path), "--name", "on-cluster"],
-        env=env, capture_output=True, text=True, timeout=900)
-    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-    assert "succeeded" in job.stdout
-    summary = json.loads((tmp_path / "on-cluster" / "tune_summary.json").read_text())
+def job_driver(results) -> psutil.Process | None:
+    """The job's Python driver itself (not the shell `ray job` starts it from)."""
+    for process in psutil.process_iter(["cmdline"]):
+        argv = process.info["cmdline"] or []
+        if argv[1:4] == ["-m", "ryot_ray", "tune"] and str(results) in argv:
+            return process
+    return None
+
+
+def metric_lines(cluster, experiment: str) -> list[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(cluster.metrics, timeout=10) as response:
+        text = response.read().decode()
+    return [line for line in text.splitlines()
+            if line.startswith("ray_ryot_trial_") and f'experiment="{experiment}"' in line]
+
+
+@pytest.fixture(scope="module")
+def search(cluster, tmp_path_factory):
+    results = tmp_path_factory.mktemp("cluster-results")
+    tune_dir = results / "on-cluster" / "tune"
+    submitted = cluster.submit("tune", "--space", "search_spaces/smoke.yaml", "--results-dir", str(results),
+                               "--name", "on-cluster", wait=False, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+    deadline, metrics = time.monotonic() + 500, []
+    while True:
+        assert time.monotonic() < deadline, "no trial finished in time"
+        finished = finished_trials(tune_dir)
+        started = {path.name for path in tune_dir.glob("run_trial_*") if path.is_dir()}
+        metrics = metrics or metric_lines(cluster, "on-cluster")
+        if len(finished) >= 2 and started - set(finished):
+            break
+        time.sleep(0.5)
+    time.sleep(3)  # the experiment state is saved every second
+    before = finished_trials(tune_dir)
+    driver = job_driver(results)
+    assert driver is not None
+    driver.send_signal(signal.SIGKILL)
+    resumed = cluster.submit("tune", "--resume", "on-cluster", "--results-dir", str(results))
+    return {"directory": results / "on-cluster", "before": before, "resumed": resumed, "metrics": metrics}
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(search):
+    resumed = search["resumed"]
+    assert resumed.returncode == 0 and "succeeded" in resumed.stdout, resumed.stdout[-4000:]
+    after = finished_trials(search["directory"] / "tune")
+    assert len(after) == 5
+    for trial, finished in search["before"].items():
+        assert after[trial] == finished, f"{trial} was run again"
+
+
+def test_trials_ran_on_both_nodes_and_reports_landed(search, cluster):
+    summary = json.loads((search["directory"] / "tune_summary.json").read_text())
     nodes = {trial["node_id"] for trial in summary["trials"] if "node_id" in trial}
-    assert len(nodes) == 2, summary["trials"]
-    assert (tmp_path / "on-cluster" / "inference_validation_report.json").is_file()
+    assert nodes == set(cluster.node_ids().values()), summary["trials"]
+    assert all(trial["cpu"]["model"] for trial in summary["trials"] if "cpu" in trial)
+    validation = json.loads((search["directory"] / "inference_validation_report.json").read_text())
+    assert validation["checkpoint"] == summary["best"]["checkpoint"]
+    assert str(search["directory"]) in validation["checkpoint"]
+
+
+def test_trial_figures_reach_the_metrics_endpoint(search):
+    names = {re.match(r"ray_ryot_trial_(\w+)\{", line).group(1) for line in search["metrics"]}
+    assert {"objective", "speedup", "inference_accuracy", "tokens_per_s", "epoch"} <= names
+    assert all('trial="' in line for line in search["metrics"])
+
+
+def test_the_dashboard_wants_the_cluster_s_token(cluster):
+    assert cluster.get("/api/jobs/", token=False)[0] in (401, 403)
+    assert cluster.get("/api/jobs/")[0] == 200

@@ -62,3 +62,11 @@ def test_pretrained_checkpoint_converts_and_keeps_its_weights(tokenizer, tmp_pat
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_a_pickled_pretrained_checkpoint_is_refused(tokenizer, tmp_path):
+    source = LlamaForCausalLM(llama_config("tiny", tokenizer))
+    source.config.save_pretrained(tmp_path)
+    torch.save(source.state_dict(), tmp_path / "pytorch_model.bin")  # weights as a pickle
+    with pytest.raises(OSError, match="safetensors"):
+        build_model(ModelConfig(pretrained=str(tmp_path), quantization="bitnet"), tokenizer)

@@ -40,7 +40,7 @@ def test_round_trip_restores_model_optimizer_and_state(tmp_path, trained, smoke_
         assert torch.equal(model.eval()(**batch).logits, loaded(**batch).logits)
 
     fresh = build_optimizer(build_model(smoke_config.model, tokenizer), smoke_config)
-    load_optimizer(tmp_path, fresh)
+    load_optimizer(tmp_path, fresh, read_checkpoint_record(tmp_path))
     originals = [p for group in optimizer.param_groups for p in group["params"]]
     restored = [p for group in fresh.param_groups for p in group["params"]]
     for original, again in zip(originals, restored):
@@ -50,9 +50,32 @@ def test_round_trip_restores_model_optimizer_and_state(tmp_path, trained, smoke_
     assert [g["lr"] for g in fresh.param_groups] == [g["lr"] for g in optimizer.param_groups]
 
 
-def test_truncated_weights_name_the_file(tmp_path, trained, smoke_config, tokenizer):
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.safetensors"])
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "delete"])
+def test_a_damaged_tensor_file_is_named_before_anything_loads(tmp_path, trained, smoke_config, tokenizer,
+                                                              name, damage):
+    model, optimizer = trained
+    save_checkpoint(tmp_path, model, tokenizer, smoke_config, TrainingState(), optimizer)
+    path = tmp_path / name
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip a byte":
+        data[-10] ^= 0xFF  # inside a tensor: the header still reads
+        path.write_bytes(data)
+    else:
+        path.unlink()
+    expected = "missing" if damage == "delete" else "truncated or corrupted"
+    with pytest.raises(CheckpointError, match=f"{name}: {expected}"):
+        load_checkpoint(tmp_path)
+
+
+def test_unreadable_weights_without_a_digest_name_the_file(tmp_path, trained, smoke_config, tokenizer):
     model, _ = trained
     save_checkpoint(tmp_path, model, tokenizer, smoke_config, TrainingState())
+    record = read_checkpoint_record(tmp_path)
+    del record["files"]  # a checkpoint written before digests were kept
+    (tmp_path / "state.json").write_text(json.dumps(record))
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="model.safetensors: cannot be read"):

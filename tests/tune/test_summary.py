@@ -46,6 +46,9 @@ def test_status_follows_epochs_and_errors():
     assert stopped["status"] == "stopped early" and stopped["objective_by_epoch"] == [0.5]
     failed = trial_record(result(1, error=RuntimeError("worker died\nOOM")), space)
     assert failed["status"] == "errored" and failed["error"] == "OOM"
+    diverged = result(2)
+    diverged.metrics |= {"status": "diverged", "worker_group_starts": 2}
+    assert trial_record(diverged, space)["status"] == "diverged" and trial_record(diverged, space)["restarts"] == 1
 
 
 def test_pareto_front_keeps_trials_nothing_beats_on_both():

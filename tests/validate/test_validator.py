@@ -70,3 +70,21 @@ def test_without_a_reference_the_comparison_is_reported_missing(trained_nested_s
 def test_a_reference_checkpoint_is_refused_as_the_optimized_model(trained_reference):
     with pytest.raises(ValueError, match="takes a BitNet checkpoint"):
         InferenceValidator(str(trained_reference), None, TARGETS, memory=False).validate()
+
+
+def test_without_a_tile_each_shape_is_tuned_on_this_node_first(trained_checkpoint, tmp_path, monkeypatch):
+    from ryot_ray.kernels.autotune import cache_path, load_cache
+    from ryot_ray.kernels.ternary import kernel_path
+    from ryot_ray.train.checkpoint import load_checkpoint
+    from ryot_ray.validate.validator import frozen_model
+
+    if kernel_path().name != "native":
+        pytest.skip("the tile autotune times the native kernel")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model, _, config, _ = load_checkpoint(trained_checkpoint)
+    config.inference.tile_size = None
+    frozen = frozen_model(model, config, sparse=False)
+    tuned = load_cache(cache_path())
+    assert set(tuned) == {"64x64", "64x128", "128x64"}  # tiny: attention, gate/up, down
+    down = frozen.model.layers[0].mlp.down_proj
+    assert down.packed.rows_per_tile == tuned["128x64"]["rows_per_tile"]

@@ -1,0 +1,58 @@
+"""A node leaving mid-search: two trials run from a driver joined with `--address`, one
+on each node; once both have checkpointed their first epoch, the second node is stopped
+(its raylet and every process it started, SIGKILL). Its trial starts again on the head
+from that checkpoint, and the experiment completes."""
+
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.cluster.conftest import REPO, processes_of
+
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+
+SPACE = """config: {repo}/configs/smoke.yaml
+samples: 1
+scheduler: {{name: fifo, max_t: 3}}
+accuracy_floor: 0.5
+measure_problems: 8
+space:
+  data.train_per_level: 1500
+  train.lr: {{grid: [3.0e-3, 2.0e-3]}}
+"""
+
+
+def workers_on(cluster, label: str) -> list[psutil.Process]:
+    found = []
+    for process in processes_of(cluster.temp_dirs[label]):
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_a_search_survives_its_second_node_leaving(cluster, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.format(repo=REPO))
+    results = tmp_path / "results"
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "ryot_ray", "tune", "--space", str(space),
+                                   "--address", cluster.address, "--results-dir", str(results), "--name", "lost"],
+                                  cwd=REPO, env=cluster.env, stdout=out, stderr=err)
+        deadline = time.monotonic() + 300
+        while not (workers_on(cluster, "node_second")
+                   and len(list((results / "lost" / "train-runs").glob("*/checkpoint_*"))) >= 2):
+            assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()[-3000:]
+            time.sleep(0.2)
+        cluster.stop_node("node_second")
+        assert driver.wait(timeout=600) == 0, (tmp_path / "err").read_text()[-3000:]
+    summary = json.loads((results / "lost" / "tune_summary.json").read_text())
+    assert [trial["status"] for trial in summary["trials"]] == ["completed", "completed"], summary["trials"]
+    assert sorted(trial["restarts"] for trial in summary["trials"]) == [0, 1]
+    assert (results / "lost" / "inference_validation_report.json").is_file()
