@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     tune_bench = benches.add_parser("tune", help="ASHA vs every trial to max_t, same space and seeds")
     tune_bench.add_argument("--space", type=Path, default=Path("search_spaces/smoke.yaml"))
     tune_bench.add_argument("--samples", type=int, help="trials to sample (default: the space's)")
+    tune_bench.add_argument("--repeats", type=int, default=1,
+                            help="ASHA and FIFO searches each, in alternating order (default 1)")
     tune_bench.add_argument("--results-dir", type=Path, default=Path("results"))
     _ray_options(tune_bench)
     for parser_ in (train_bench, kernels, decode, compression):
@@ -159,30 +161,38 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_space(path: Path, config: Path | None, samples: int | None, address: str | None):
+    """A search space checked as far as it can be before Ray starts."""
+    from ryot_ray.model.build import check_knobs
+    from ryot_ray.tune.space import load_space
+
+    space = load_space(path, config)
+    if samples is not None:
+        if samples < 1:
+            raise ConfigError("--samples must be at least 1")
+        space.samples = samples
+    check_knobs(space.base.model)
+    _check_memory(space.base, address)
+    return space
+
+
 def _tune(args: argparse.Namespace) -> int:
     from ryot_ray.config import load_phase1
-    from ryot_ray.model.build import check_knobs
     from ryot_ray.train.experiment import CONFIG_FILE, experiment_dir
     from ryot_ray.tune.space import SPACE_FILE, load_space, save_space
 
     if args.resume:
-        if args.config or args.samples:
+        if args.config is not None or args.samples is not None:
             raise ConfigError("--resume continues an experiment as it was started; drop --config and --samples")
         directory = experiment_dir(args.results_dir, args.resume, resume=True)
         space = load_space(directory / SPACE_FILE, directory / CONFIG_FILE)
     else:
-        space = load_space(args.space, args.config)
-        if args.samples is not None:
-            if args.samples < 1:
-                raise ConfigError("--samples must be at least 1")
-            space.samples = args.samples
-        check_knobs(space.base.model)
+        space = _new_space(args.space, args.config, args.samples, args.address)
         directory = experiment_dir(args.results_dir, args.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                                    resume=False)
     targets = load_phase1(args.phase1)
     if args.repeats < 1:
         raise ConfigError("--repeats must be at least 1")
-    _check_memory(space.base, args.address)
 
     from ryot_ray.cluster import connect
     from ryot_ray.report.tune import write_tune_reports
@@ -205,19 +215,18 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"reference {reference.config_hash} ({'trained now' if reference.trained_now else 'cached'}): "
               f"exact match {reference.accuracy:.3f} on {space.measure_problems} validation problems")
         results = run_search(space, directory, reference, measurement, resume=bool(args.resume))
+        if interrupted(results):
+            raise KeyboardInterrupt
+        summary = summarize(results, space, reference, time.perf_counter() - started)
     except SearchError as error:
         print(f"ryot-ray: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(stopped, file=sys.stderr)
         return 130
-    if interrupted(results):
-        print(stopped, file=sys.stderr)
-        return 130
-    summary = summarize(results, space, reference, time.perf_counter() - started)
     best = summary["best"]
-    print(f"{len(summary['trials'])} trials, {summary['stopped_early']} stopped early by "
-          f"{space.scheduler.name}, {summary['errored']} errored, {summary['diverged']} diverged; best {best['trial_id']}: objective "
+    print(f"{len(summary['trials'])} trials, {summary['stopped_early']} stopped early by {space.scheduler.name}, "
+          f"{summary['errored']} errored, {summary['diverged']} diverged; best {best['trial_id']}: objective "
           f"{best['objective']:.3f}, speedup {best['speedup']:.2f}x, accuracy {best['inference_accuracy']:.3f}")
     report = _validate_on_actor(Path(best["checkpoint"]), reference.checkpoint, targets, {}, args.repeats, None, True)
     written = write_reports(report, directory)
@@ -250,22 +259,26 @@ def _measurement(space):
 
 
 def _bench_tune(args: argparse.Namespace) -> int:
-    from ryot_ray.tune.space import load_space
-
-    space = load_space(args.space)
-    if args.samples is not None:
-        if args.samples < 1:
-            raise ConfigError("--samples must be at least 1")
-        space.samples = args.samples
+    space = _new_space(args.space, None, args.samples, args.address)
+    if args.repeats < 1:
+        raise ConfigError("--repeats must be at least 1")
 
     from ryot_ray.bench.tune import bench_tune, table
     from ryot_ray.cluster import connect
     from ryot_ray.train.checkpoint import write_json_atomic
+    from ryot_ray.tune.tuner import SearchError
 
     connect(args.address, args.dashboard_host)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    result = bench_tune(space, (args.results_dir / "bench" / f"tune-{stamp}").resolve(),
-                        args.results_dir.resolve() / "references", _measurement(space))
+    try:
+        result = bench_tune(space, (args.results_dir / "bench" / f"tune-{stamp}").resolve(),
+                            args.results_dir.resolve() / "references", _measurement(space), args.repeats)
+    except SearchError as error:
+        print(f"ryot-ray: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("benchmark interrupted", file=sys.stderr)
+        return 130
     path = args.results_dir / "bench" / f"tune-{stamp}.json"
     write_json_atomic(path, result)
     print(table(result))
@@ -393,13 +406,14 @@ def _info(args: argparse.Namespace) -> int:
 def _inference_config(checkpoint: Path, overrides: list[str]):
     """The checkpoint's config with `inference.*` overrides, checked before anything runs."""
     from ryot_ray.config import Config, with_overrides
-    from ryot_ray.train.checkpoint import STATE_FILE, read_checkpoint_record
+    from ryot_ray.train.checkpoint import MODEL_FILE, STATE_FILE, read_checkpoint_record
 
     bad = [o for o in overrides if not o.startswith("inference.")]
     if bad:
         raise ConfigError(f"--set {bad[0]}: only inference.* keys can change for a trained checkpoint")
     source = str(checkpoint / STATE_FILE)
-    return with_overrides(Config.from_dict(read_checkpoint_record(checkpoint)["config"], source), overrides, source)
+    record = read_checkpoint_record(checkpoint, verify=(MODEL_FILE,))
+    return with_overrides(Config.from_dict(record["config"], source), overrides, source)
 
 
 def _validate(args: argparse.Namespace) -> int:

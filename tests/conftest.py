@@ -11,6 +11,20 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 
 
+def train_workers(processes) -> list:
+    """The Ray Train worker processes among `processes` (psutil), by their process title."""
+    import psutil
+
+    found = []
+    for process in processes:
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 @pytest.fixture
 def smoke_config() -> Config:
     return load_config(SMOKE)

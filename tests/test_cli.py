@@ -37,6 +37,9 @@ BAD_INPUT = [
     (None, ["train", "--config", SMOKE, "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray cluster answers there"),
     (None, ["tune", "--space", SMOKE_SPACE, "--address", "127.0.0.1:1"], "no Ray cluster answers there"),
     (None, ["tune", "--resume", "keep", "--samples", "3"], "--resume continues an experiment as it was started"),
+    (None, ["tune", "--resume", "nothing-here"], "--resume nothing-here: no experiment at"),
+    (None, ["tune", "--space", SMOKE_SPACE, "--samples", "0"], "--samples must be at least 1"),
+    (None, ["bench", "tune", "--space", SMOKE_SPACE, "--repeats", "0"], "--repeats must be at least 1"),
     (None, ["train", "--config", SMOKE, "--name", "keep"], "exists; pass --resume keep"),
 ]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ryot_ray.bench.timing import spread
+from ryot_ray.stats import spread
 from ryot_ray.kernels.autotune import copies_to_fill, time_interleaved
 from ryot_ray.kernels.pack import pack_ternary
 from ryot_ray.kernels.ternary import kernel_path, native_isas, native_linear, read_bytes, torch_int8_linear

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ryot_ray.bench.timing import spread
+from ryot_ray.stats import spread
 from ryot_ray.config import Config
 from ryot_ray.data.examples import collate, training_examples
 from ryot_ray.data.tokenizer import build_char_tokenizer

@@ -120,13 +120,12 @@ def autotune(shapes, rounds: int = 5, calls: int = 5, path: Path | None = None, 
     return entries
 
 
-def tune_missing(shapes, **kwargs) -> dict:
-    """Tune, on this node, the (K, N) shapes its cache does not hold yet; the cache after."""
+def tune_missing(shapes, **kwargs) -> None:
+    """Tune, on this node, the (K, N) shapes its cache does not hold yet."""
     cached = load_cache()
     missing = sorted({(k, n) for k, n in shapes if f"{k}x{n}" not in cached})
     if missing:
         autotune(missing, **kwargs)
-    return load_cache()
 
 
 def table(result: dict) -> str:

@@ -26,13 +26,16 @@ def parameter_count(config: Config) -> int | None:
     pretrained = config.model.pretrained
     if pretrained and not Path(pretrained).expanduser().is_dir():
         return None
-    llama = (AutoConfig.from_pretrained(Path(pretrained).expanduser()) if pretrained
-             else llama_config(config.model.preset, build_char_tokenizer()))
+    try:
+        llama = (AutoConfig.from_pretrained(Path(pretrained).expanduser()) if pretrained
+                 else llama_config(config.model.preset, build_char_tokenizer()))
+    except (OSError, ValueError) as error:  # a local folder that is not a model
+        raise ConfigError(f"model.pretrained: {pretrained}: {error}") from None
     with torch.device("meta"):
         return sum(p.numel() for p in LlamaForCausalLM(llama).parameters())
 
 
-def check_training_fits(config: Config, memory_bytes: int, where: str = "this machine") -> None:
+def check_training_fits(config: Config, memory_bytes: int) -> None:
     count = parameter_count(config)
     if count is None:
         return
@@ -43,4 +46,4 @@ def check_training_fits(config: Config, memory_bytes: int, where: str = "this ma
         raise ConfigError(
             f"model {model}: training needs at least {needed / GIB:.1f} GiB ({config.train.workers} worker(s) x "
             f"{per_worker / GIB:.1f} GiB of fp32 weights, gradients and AdamW state for {count / 1e6:.1f}M "
-            f"parameters), more than the {memory_bytes / GIB:.1f} GiB of {where}")
+            f"parameters), more than the {memory_bytes / GIB:.1f} GiB of this machine")

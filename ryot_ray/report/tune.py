@@ -77,7 +77,7 @@ def trials_markdown(summary: dict, plot: str | None) -> str:
         f"Trial time {overhead['trial_time_s']:.0f} s: training {overhead['training_s']:.0f} s, evaluation and "
         f"measurement {overhead['evaluation_and_measurement_s']:.0f} s, worker set-up (model, data) "
         f"{overhead['worker_setup_s']:.0f} s, Ray (starting the Train run's processes, checkpoints, reports) "
-        f"{overhead['ray_s']:.0f} s = {100 * (overhead['ray_fraction'] or 0):.1f} %.",
+        f"{overhead['ray_s']:.0f} s = {shown(None if overhead['ray_fraction'] is None else 100 * overhead['ray_fraction'], 1)} %.",
         "", "| trial | status | epochs | objective | speedup | accuracy | retention | knobs |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -112,8 +112,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint_record(directory: Path) -> dict:
-    """`state.json`, once every tensor file it lists is there with the digest it records."""
+def read_checkpoint_record(directory: Path, verify: tuple[str, ...] = ()) -> dict:
+    """`state.json`, once the tensor files named in `verify` (those about to be read) are
+    there with the digests it records."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; {directory} is not a ryot-ray checkpoint")
@@ -122,6 +123,8 @@ def read_checkpoint_record(directory: Path) -> dict:
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path}: not valid JSON ({error})") from None
     for name, digest in record.get("files", {}).items():
+        if name not in verify:
+            continue
         tensors = Path(directory) / name
         if not tensors.is_file():
             raise CheckpointError(f"{tensors}: missing (state.json lists it)")
@@ -134,7 +137,7 @@ def read_checkpoint_record(directory: Path) -> dict:
 def load_checkpoint(directory: Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, Config, TrainingState]:
     """The model (in eval mode), its tokenizer, its run config and its training state."""
     directory = Path(directory)
-    record = read_checkpoint_record(directory)
+    record = read_checkpoint_record(directory, verify=(MODEL_FILE,))
     config = Config.from_dict(record["config"], str(directory / STATE_FILE))
     tokenizer = load_tokenizer(str(directory))
     llama = LlamaConfig.from_dict(record["llama_config"])

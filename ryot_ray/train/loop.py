@@ -42,7 +42,8 @@ from ryot_ray.machine import machine_facts
 from ryot_ray.model.activation_stats import activation_compression
 from ryot_ray.model.build import build_model
 from ryot_ray.model.matryoshka import ffn_levels, sampled_level, use_width
-from ryot_ray.train.checkpoint import TrainingState, load_optimizer, load_weights, read_checkpoint_record, save_checkpoint
+from ryot_ray.train.checkpoint import (MODEL_FILE, OPTIMIZER_FILE, TrainingState, load_optimizer, load_weights,
+                                      read_checkpoint_record, save_checkpoint)
 from ryot_ray.train.distributed import all_reduce, world_size
 from ryot_ray.train.evaluate import exact_match, mean_loss
 from ryot_ray.train.schedule import two_stage
@@ -200,7 +201,8 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            record = read_checkpoint_record(directory)  # refuses a truncated or corrupted file, by name
+            # refuses a truncated or corrupted file, by name
+            record = read_checkpoint_record(directory, verify=(MODEL_FILE, OPTIMIZER_FILE))
             load_weights(directory, model)
             load_optimizer(directory, optimizer, record)
             state = TrainingState(**record["state"])
@@ -223,8 +225,9 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
 
     setup_time = time.perf_counter() - setup_start  # model, data, process group: reported once per process
     if state.epoch >= config.train.epochs and state.history:
-        # restarted after its last checkpoint (e.g. a resumed Tune trial): report where it ended
-        ray.train.report(state.history[-1])
+        # restarted after its last checkpoint (e.g. a resumed Tune trial): report where it
+        # ended again, with that checkpoint, marked so that its timers are not counted twice
+        ray.train.report(state.history[-1] | {"replayed": True}, checkpoint=checkpoint if rank == 0 else None)
     while state.epoch < config.train.epochs and state.status != "diverged":
         sampler.set_epoch(state.epoch)
         start = time.perf_counter()

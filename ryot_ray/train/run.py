@@ -52,13 +52,10 @@ class TrainingOutcome:
     report: dict
 
 
-def run_training(config: Config, directory: Path) -> TrainingOutcome:
-    """Train (resuming from `directory/ray` when it holds this run) and report."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    run_id = uuid.uuid4().hex
-    trainer = TorchTrainer(
-        partial(train_loop_per_worker, run_id=run_id),
+def torch_trainer(config: Config, loop, name: str, storage: str, callbacks: tuple = ()) -> TorchTrainer:
+    """The run's TorchTrainer: its workers' CPUs, its storage, its worker restarts."""
+    return TorchTrainer(
+        loop,
         train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(
             num_workers=config.train.workers,
@@ -66,19 +63,26 @@ def run_training(config: Config, directory: Path) -> TrainingOutcome:
             resources_per_worker={"CPU": config.train.cpus_per_worker},
         ),
         run_config=RunConfig(
-            name=RUN_NAME,
-            storage_path=str(directory / "ray"),
+            name=name,
+            storage_path=storage,
+            callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
         ),
     )
+
+
+def run_training(config: Config, directory: Path) -> TrainingOutcome:
+    """Train (resuming from `directory/ray` when it holds this run) and report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    run_id = uuid.uuid4().hex
+    trainer = torch_trainer(config, partial(train_loop_per_worker, run_id=run_id), RUN_NAME, str(directory / "ray"))
     start = time.perf_counter()
     try:
         result = trainer.fit()
     except WorkerGroupError as error:
         raise _damaged_checkpoint(error) or error
     wall_time = time.perf_counter() - start
-    if result.error:
-        raise result.error
 
     history: list[dict] = []
     state = TrainingState()

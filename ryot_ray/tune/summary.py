@@ -1,21 +1,20 @@
 """What a finished search says: every trial's last figures, how it ended, where its time
 went, the Pareto front of speedup against accuracy, and the best trial.
 
-Times come from Tune's `time_total_s` (seconds since the trial function started, at
-each report) and the worker's own timers: setting up (model, data, process group),
-training, evaluation and the objective's measurement. What is left is Ray's part:
-starting the trial's Train controller and worker processes, checkpointing and reporting.
+Times come from Tune's clock (seconds between a trial's reports, from the trial function's
+start) and the worker's own timers: setting up (model, data, process group), training,
+evaluation and the objective's measurement. What is left is Ray's part: starting the
+trial's Train controller and worker processes, checkpointing, reporting, and any restart.
 """
 
 from __future__ import annotations
 
-import statistics
-
 import ray.tune
 
+from ryot_ray.stats import spread
 from ryot_ray.tune.objective import FORMULA
 from ryot_ray.tune.space import SearchSpace
-from ryot_ray.tune.tuner import METRIC, Reference
+from ryot_ray.tune.tuner import METRIC, Reference, SearchError
 
 STOPPED_EARLY = "stopped early"
 DIVERGED = "diverged"  # the loss stopped being finite; the trial has no objective for that epoch
@@ -31,24 +30,25 @@ def interrupted(results: ray.tune.ResultGrid) -> bool:
 
 
 def _column(frame, name: str) -> list[float]:
-    return [float(v) for v in frame[name].fillna(0.0)] if name in frame else []
+    """A report column's values (a report without it, e.g. a diverged epoch's objective, left out)."""
+    return [float(v) for v in frame[name].dropna()] if name in frame else []
 
 
 def overhead(frame) -> dict:
-    """Where a trial's time went, from its per-epoch reports."""
+    """Where a trial's time went, from its per-epoch reports. Tune's `time_this_iter_s`
+    adds up across restarts (`time_total_s` starts again with each); a replayed report
+    (a run restarted after its last checkpoint) carries timers already counted."""
     if frame is None or frame.empty:
         return {}
-    totals = _column(frame, "time_total_s")
-    training = sum(_column(frame, "epoch_time_s"))
-    evaluation = sum(_column(frame, "eval_time_s"))
-    measurement = sum(_column(frame, "measure_time_s"))
-    setup = sum(_column(frame, "setup_time_s"))
-    first_report = sum(_column(frame, name)[0] for name in TIMERS if name in frame)
-    trial = totals[-1]
+    worked = frame[~frame["replayed"].eq(True)] if "replayed" in frame else frame
+    setup, training, evaluation, measurement = (sum(_column(worked, name)) for name in TIMERS)
+    first_report = float(frame["time_total_s"].iloc[0])
+    first_work = sum(float(worked[name].iloc[0]) for name in TIMERS if name in worked and not worked.empty)
+    trial = sum(_column(frame, "time_this_iter_s"))
     return {
         "trial_s": trial,
-        "first_report_s": totals[0],
-        "ray_start_up_s": totals[0] - first_report,
+        "first_report_s": first_report,
+        "ray_start_up_s": first_report - first_work,
         "worker_setup_s": setup,
         "training_s": training,
         "evaluation_s": evaluation,
@@ -101,7 +101,8 @@ def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Refer
     trials = [trial_record(result, space) for result in results]
     ranked = [t for t in trials if t["status"] not in ("errored", DIVERGED) and METRIC in t]
     if not ranked:
-        raise ValueError("no trial reported an objective")
+        raise SearchError(f"no trial reported an objective ({len(trials)} trials: "
+                          + ", ".join(sorted({t['status'] for t in trials})) + "); each trial's folder under tune/ says why")
     best = max(ranked, key=lambda t: (t[METRIC], t["speedup"]))  # below the floor, ties go to the faster
     timed = [t["overhead"] for t in trials if t["overhead"]]
     trial_time = sum(o["trial_s"] for o in timed)
@@ -129,8 +130,6 @@ def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Refer
             "evaluation_and_measurement_s": sum(o["evaluation_s"] + o["measurement_s"] for o in timed),
             "ray_s": sum(o["ray_s"] for o in timed),
             "ray_fraction": sum(o["ray_s"] for o in timed) / trial_time if trial_time else None,
-            "first_report_s": ({"min": min(o["first_report_s"] for o in timed),
-                                "median": statistics.median(o["first_report_s"] for o in timed),
-                                "max": max(o["first_report_s"] for o in timed)} if timed else None),
+            "first_report_s": spread([o["first_report_s"] for o in timed]) if timed else None,
         },
     }

@@ -4,8 +4,8 @@ The trial's config is the search's base config with the sampled knobs and `max_t
 epochs. Rank 0 of the Train run adds the measured speedup and the objective to each
 epoch's report (`epoch_metrics`), and `TuneReportCallback` forwards that report to
 Tune, where ASHA reads it. A run whose loss stops being finite ends the trial with its
-last report's status `diverged`; the search goes on. The Train run is named after the trial, so a restarted or
-resumed trial continues from its own last checkpoint.
+last report's status `diverged`; the search goes on. The Train run is named after the
+trial, so a restarted or resumed trial continues from its own last checkpoint.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from functools import partial
 from typing import Callable
 
 import ray.tune
-from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ryot_ray.config import Config, with_overrides
 from ryot_ray.train.loop import train_loop_per_worker
+from ryot_ray.train.run import torch_trainer
 
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_S = "0.5"  # Ray's 2 s default delays each epoch's report to ASHA by up to 2 s
@@ -45,22 +44,8 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)  # read by the Train controller it starts
     config = trial_config(Config.from_dict(setup.base), params, setup.max_t)
     trial_id = ray.tune.get_context().get_trial_id()
-    trainer = TorchTrainer(
-        partial(train_loop_per_worker, epoch_metrics=setup.epoch_metrics, run_id=f"trial-{trial_id}"),
-        train_loop_config=config.to_dict(),
-        scaling_config=ScalingConfig(
-            num_workers=config.train.workers,
-            use_gpu=False,
-            resources_per_worker={"CPU": config.train.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=f"train-{trial_id}",
-            storage_path=setup.storage,
-            callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=config.train.max_failures),
-        ),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error  # Tune starts the trial again (its FailureConfig); its Train run continues
-    # a diverged run ends here, without an error Tune would retry: its last report says "diverged"
+    loop = partial(train_loop_per_worker, epoch_metrics=setup.epoch_metrics, run_id=f"trial-{trial_id}")
+    trainer = torch_trainer(config, loop, f"train-{trial_id}", setup.storage, callbacks=(TuneReportCallback(),))
+    # A failure raises here and Tune starts the trial again (its FailureConfig); its Train
+    # run continues from its checkpoint. A diverged run returns: its last report says so.
+    trainer.fit()

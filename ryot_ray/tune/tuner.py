@@ -28,7 +28,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from ryot_ray.config import Config, with_overrides
 from ryot_ray.train.checkpoint import write_json_atomic
-from ryot_ray.train.run import run_training
+from ryot_ray.train.run import REPORT_FILE, run_training
 from ryot_ray.tune.objective import EpochObjective
 from ryot_ray.tune.metrics import TrialMetrics
 from ryot_ray.tune.progress import TrialProgress
@@ -38,7 +38,7 @@ from ryot_ray.tune.trial import TrialSetup, run_trial
 METRIC = "objective"
 TUNE_RUN = "tune"  # Tune's experiment folder inside the experiment's directory
 TRAIN_RUNS = "train-runs"  # the trials' Ray Train runs
-REFERENCE_RECORD = "reference_accuracy.json"
+REFERENCE_RECORD = "reference_accuracy-{problems}-problems.json"  # its accuracy, per number measured
 TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2**20}  # Tune needs some resource in a trial's bundle
 STATE_SAVE_S = "1"
 
@@ -78,27 +78,40 @@ def reference_dir(config: Config, cache: Path) -> tuple[Path, str]:
 
 
 def train_reference(space: SearchSpace, cache: Path, measurement: Measurement) -> Reference:
+    """The search's reference: trained once per config, measured once per number of problems."""
     config = reference_config(space)
     directory, digest = reference_dir(config, cache)
-    record = directory / REFERENCE_RECORD
+    record = directory / REFERENCE_RECORD.format(problems=space.measure_problems)
     if record.is_file():
         data = json.loads(record.read_text())
         return Reference(Path(data["checkpoint"]), data["accuracy"], digest, trained_now=False)
-    outcome = run_training(config, directory)
-    if outcome.checkpoint is None or outcome.status != "finished":
-        raise SearchError(f"the reference training did not finish ({outcome.status}); see {outcome.report_path}")
-    accuracy = measurement.reference_accuracy(outcome.checkpoint)
+    checkpoint = _finished_training(directory)
+    trained_now = checkpoint is None
+    if trained_now:
+        outcome = run_training(config, directory)
+        if outcome.checkpoint is None or outcome.status != "finished":
+            raise SearchError(f"the reference training did not finish ({outcome.status}); see {outcome.report_path}")
+        checkpoint = outcome.checkpoint
+    accuracy = measurement.reference_accuracy(checkpoint)
     if accuracy == 0:
-        raise SearchError(f"the reference ({outcome.checkpoint}) answers none of the measured problems, so "
+        raise SearchError(f"the reference ({checkpoint}) answers none of the measured problems, so "
                           "accuracy retention is undefined: train longer (scheduler.max_t) or on more data")
-    write_json_atomic(record, {"checkpoint": str(outcome.checkpoint), "accuracy": accuracy, "config_hash": digest})
-    return Reference(outcome.checkpoint, accuracy, digest, trained_now=True)
+    write_json_atomic(record, {"checkpoint": str(checkpoint), "accuracy": accuracy, "config_hash": digest,
+                               "measured_problems": space.measure_problems})
+    return Reference(checkpoint, accuracy, digest, trained_now)
+
+
+def _finished_training(directory: Path) -> Path | None:
+    """The checkpoint of a reference training that finished in `directory` earlier."""
+    report = directory / REPORT_FILE
+    if not report.is_file():
+        return None
+    data = json.loads(report.read_text())
+    return Path(data["checkpoint"]) if data["status"] == "finished" and data["checkpoint"] else None
 
 
 def tune_domain(knob: Knob):
-    values = list(knob.values)
-    if knob.kind == "constant":
-        return values[0]
+    values = list(knob.values)  # constants are folded into the base config by load_space
     if knob.kind == "grid":
         return ray.tune.grid_search(values)
     if knob.kind == "choice":

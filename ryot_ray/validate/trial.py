@@ -31,8 +31,9 @@ from ryot_ray.kernels.ternary import kernel_path
 from ryot_ray.machine import cpu_facts
 from ryot_ray.model.build import build_model
 from ryot_ray.model.matryoshka import use_width
+from ryot_ray.stats import spread
 from ryot_ray.train.checkpoint import load_checkpoint
-from ryot_ray.validate.validator import answer_budget, context_length, frozen_model
+from ryot_ray.validate.validator import answer_budget, completion_tokens, context_length, frozen_model
 
 
 def spread_subset(problems: list[Problem], count: int) -> list[Problem]:
@@ -45,7 +46,7 @@ def spread_subset(problems: list[Problem], count: int) -> list[Problem]:
 
 def _forced_reference(engine: Engine, tokenizer, problem: Problem, scratchpad: bool) -> float:
     """Seconds for the reference's work on `problem`: one greedy path as long as a correct answer."""
-    tokens = len(tokenizer(problem.completion(scratchpad), add_special_tokens=False)["input_ids"]) + 1
+    tokens = completion_tokens(tokenizer, problem, scratchpad) + 1  # and its EOS
     start = time.perf_counter()
     engine.generate([problem.prompt], SamplingConfig(max_new_tokens=tokens, ignore_eos=True))
     return time.perf_counter() - start
@@ -90,7 +91,7 @@ class TrialMeasurement:
         return {
             "inference_accuracy": statistics.fmean(correct),
             "speedup": sum(reference_s) / sum(optimized_s),
-            "speedup_per_problem": {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)},
+            "speedup_per_problem": spread(ratios),
             "answer_time_s": sum(optimized_s),
             "reference_answer_time_s": sum(reference_s),
             "paths_per_problem": statistics.fmean(paths),

@@ -43,6 +43,7 @@ from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.build import build_model
 from ryot_ray.model.matryoshka import use_width
+from ryot_ray.stats import spread
 from ryot_ray.train.checkpoint import load_checkpoint
 from ryot_ray.train.evaluate import greedy_completions, level_key
 
@@ -136,14 +137,10 @@ def summarize(records: dict, problems: list[Problem]) -> dict:
         "accuracy": statistics.fmean(records["correct"]),
         "accuracy_by_level": {level: statistics.fmean(v) for level, v in sorted(by_level.items())},
         "answer_time_s": sum(records["seconds"]),
-        "seconds_per_problem": _spread(records["seconds"]),
+        "seconds_per_problem": spread(records["seconds"]),
         "paths_total": sum(records["paths"]),
         "paths_per_problem_by_difficulty": {d: statistics.fmean(v) for d, v in sorted(paths_by_difficulty.items())},
     }
-
-
-def _spread(samples: list[float]) -> dict:
-    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples)}
 
 
 def speeds(variants: dict[str, Variant], prompt: str, repeats: int) -> dict:
@@ -157,7 +154,7 @@ def speeds(variants: dict[str, Variant], prompt: str, repeats: int) -> dict:
             first, tokens_per_s, _ = _speed(name, variants[name], prompt, SPEED_TOKENS)
             ttft[name].append(1e3 * first)
             rate[name].append(tokens_per_s)
-    return {name: {"ttft_ms": _spread(ttft[name]), "decode_tokens_per_s": _spread(rate[name])} for name in variants}
+    return {name: {"ttft_ms": spread(ttft[name]), "decode_tokens_per_s": spread(rate[name])} for name in variants}
 
 
 def _speed(name: str, variant: Variant, prompt: str, tokens: int) -> tuple[float, float, list[float]]:
@@ -187,10 +184,14 @@ def _answer_few(checkpoint: str, reference: bool, step: Step | None, threads: in
     return peak_rss_mb()
 
 
+def completion_tokens(tokenizer, problem: Problem, scratchpad: bool) -> int:
+    """Tokens of the problem's correct completion (worked solution and answer)."""
+    return len(tokenizer(problem.completion(scratchpad), add_special_tokens=False)["input_ids"])
+
+
 def answer_budget(tokenizer, problems: list[Problem], config: Config) -> int:
     """New tokens enough for the longest correct completion, its EOS and one more."""
-    return max(len(tokenizer(p.completion(config.data.scratchpad), add_special_tokens=False)["input_ids"])
-               for p in problems) + 2
+    return max(completion_tokens(tokenizer, p, config.data.scratchpad) for p in problems) + 2
 
 
 def context_length(tokenizer, problems: list[Problem], max_new_tokens: int) -> int:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,10 +89,14 @@ class Cluster:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
+        except OSError:  # not listening yet
+            return 0, ""
 
     def node_ids(self) -> dict[str, str]:
         """Node label -> node id of the live nodes, from the dashboard's node list."""
-        _, body = self.get("/nodes?view=summary")
+        status, body = self.get("/nodes?view=summary")
+        if status != 200:
+            return {}
         by_temp_dir = {node["raylet"]["tempDir"]: node["raylet"]["nodeId"]
                        for node in json.loads(body)["data"]["summary"] if node["raylet"]["state"] == "ALIVE"}
         return {label: by_temp_dir[path] for label, path in self.temp_dirs.items() if path in by_temp_dir}

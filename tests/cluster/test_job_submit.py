@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from tests.e2e.test_cli_tune import finished_trials
+from tests.e2e.test_cli_tune import finished_trials, running_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -29,8 +29,11 @@ def job_driver(results) -> psutil.Process | None:
 def metric_lines(cluster, experiment: str) -> list[str]:
     import urllib.request
 
-    with urllib.request.urlopen(cluster.metrics, timeout=10) as response:
-        text = response.read().decode()
+    try:
+        with urllib.request.urlopen(cluster.metrics, timeout=10) as response:
+            text = response.read().decode()
+    except OSError:  # the export port is not up yet
+        return []
     return [line for line in text.splitlines()
             if line.startswith("ray_ryot_trial_") and f'experiment="{experiment}"' in line]
 
@@ -45,10 +48,8 @@ def search(cluster, tmp_path_factory):
     deadline, metrics = time.monotonic() + 500, []
     while True:
         assert time.monotonic() < deadline, "no trial finished in time"
-        finished = finished_trials(tune_dir)
-        started = {path.name for path in tune_dir.glob("run_trial_*") if path.is_dir()}
         metrics = metrics or metric_lines(cluster, "on-cluster")
-        if len(finished) >= 2 and started - set(finished):
+        if len(finished_trials(tune_dir)) >= 2 and running_trials(tune_dir):
             break
         time.sleep(0.5)
     time.sleep(3)  # the experiment state is saved every second

@@ -8,10 +8,10 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from tests.cluster.conftest import REPO, processes_of
+from tests.conftest import train_workers
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
@@ -26,17 +26,6 @@ space:
 """
 
 
-def workers_on(cluster, label: str) -> list[psutil.Process]:
-    found = []
-    for process in processes_of(cluster.temp_dirs[label]):
-        try:
-            if "RayTrainWorker" in " ".join(process.cmdline()):
-                found.append(process)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
 def test_a_search_survives_its_second_node_leaving(cluster, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(repo=REPO))
@@ -46,13 +35,18 @@ def test_a_search_survives_its_second_node_leaving(cluster, tmp_path):
                                    "--address", cluster.address, "--results-dir", str(results), "--name", "lost"],
                                   cwd=REPO, env=cluster.env, stdout=out, stderr=err)
         deadline = time.monotonic() + 300
-        while not (workers_on(cluster, "node_second")
-                   and len(list((results / "lost" / "train-runs").glob("*/checkpoint_*"))) >= 2):
+        runs = results / "lost" / "train-runs"
+        while not (train_workers(processes_of(cluster.temp_dirs["node_second"]))  # both trials past epoch 1
+                   and len([run for run in runs.glob("train-*") if list(run.glob("checkpoint_2*/state.json"))]) == 2):
             assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()[-3000:]
             time.sleep(0.2)
+        time.sleep(1)  # registered by the Train controllers
         cluster.stop_node("node_second")
         assert driver.wait(timeout=600) == 0, (tmp_path / "err").read_text()[-3000:]
     summary = json.loads((results / "lost" / "tune_summary.json").read_text())
     assert [trial["status"] for trial in summary["trials"]] == ["completed", "completed"], summary["trials"]
-    assert sorted(trial["restarts"] for trial in summary["trials"]) == [0, 1]
+    # the trial whose worker was on the lost node restarted once, from its checkpoint (the
+    # other one too, if its driver or Train controller happened to live there)
+    restarts = [trial["restarts"] for trial in summary["trials"]]
+    assert 1 <= sum(restarts) and max(restarts) == 1, restarts
     assert (results / "lost" / "inference_validation_report.json").is_file()

@@ -12,20 +12,10 @@ import time
 import psutil
 import pytest
 
+from tests.conftest import train_workers
 from tests.e2e.test_cli_train import REPO, ryot_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.fault]
-
-
-def train_worker(driver: subprocess.Popen) -> psutil.Process | None:
-    """The Ray Train worker of `driver`'s own embedded cluster (a process it started)."""
-    for process in psutil.Process(driver.pid).children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(process.cmdline()):
-                return process
-        except psutil.NoSuchProcess:
-            continue
-    return None
 
 
 def test_a_killed_worker_is_replaced_and_the_run_finishes(tmp_path):
@@ -37,11 +27,11 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes(tmp_path):
                                    "--results-dir", str(tmp_path), "--name", "killed"],
                                   cwd=REPO, env=env, stdout=out, stderr=err)
         deadline = time.monotonic() + 180
-        while not list(storage.glob("checkpoint_*")):  # epoch 1 is checkpointed: kill inside epoch 2
+        while not list(storage.glob("checkpoint_2*/state.json")):  # epoch 1's checkpoint is written whole
             assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()[-3000:]
             time.sleep(0.2)
-        worker = train_worker(driver)
-        assert worker is not None
+        time.sleep(1)  # the Train controller registers it within its 0.1 s poll; kill inside epoch 2
+        (worker,) = train_workers(psutil.Process(driver.pid).children(recursive=True))  # of this run's own Ray
         worker.send_signal(signal.SIGKILL)
         assert driver.wait(timeout=300) == 0, (tmp_path / "err").read_text()[-3000:]
     report = json.loads((tmp_path / "killed" / "training_metrics_report.json").read_text())

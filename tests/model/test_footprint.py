@@ -26,4 +26,9 @@ def test_refused_only_when_the_floor_is_above_the_memory():
     floor = 2 * parameter_count(config) * BYTES_PER_PARAMETER
     check_training_fits(config, floor)
     with pytest.raises(ConfigError, match=r"2 worker\(s\) x .* GiB of fp32 weights, gradients and AdamW state"):
-        check_training_fits(config, floor - 1, "node x")
+        check_training_fits(config, floor - 1)
+
+
+def test_a_local_folder_that_is_no_model_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=f"model.pretrained: {tmp_path}"):
+        parameter_count(load_config(SMOKE, [f"model.pretrained={tmp_path}"]))

@@ -15,10 +15,11 @@ def reports(epochs: int) -> pd.DataFrame:
     rows, total = [], 2.0  # Ray starts the run: 2 s before the worker's clock starts
     for epoch in range(1, epochs + 1):
         setup = 10.0 if epoch == 1 else 0.0
-        total += setup + 20.0 + 3.0 + 1.0 + 0.5  # train, eval, measure, checkpoint and report
-        rows.append({"epoch": epoch, "time_total_s": total, "setup_time_s": setup, "epoch_time_s": 20.0,
-                     "eval_time_s": 3.0, "measure_time_s": 1.0, "objective": 0.5 * epoch, "speedup": 1.0,
-                     "inference_accuracy": 0.4})
+        this = setup + 20.0 + 3.0 + 1.0 + 0.5 + (2.0 if epoch == 1 else 0.0)  # + checkpoint and report
+        total += this - (2.0 if epoch == 1 else 0.0)
+        rows.append({"epoch": epoch, "time_total_s": total, "time_this_iter_s": this, "setup_time_s": setup,
+                     "epoch_time_s": 20.0, "eval_time_s": 3.0, "measure_time_s": 1.0, "objective": 0.5 * epoch,
+                     "speedup": 1.0, "inference_accuracy": 0.4})
     return pd.DataFrame(rows)
 
 
@@ -28,6 +29,15 @@ def result(epochs: int, error=None) -> Result:
                                           "config": {"train.lr": 1e-3 * epochs}}
     return Result(metrics=metrics, checkpoint=None, error=error, path=f"/tune/run_trial_t{epochs}",
                   metrics_dataframe=frame)
+
+
+def test_a_restart_adds_its_time_and_a_replayed_report_no_work():
+    first, again = reports(2), reports(1)  # killed after epoch 2's report; restarted, it replays epoch 2
+    again["epoch"], again["replayed"] = 2, True
+    split = overhead(pd.concat([first, again], ignore_index=True))
+    assert split["trial_s"] == pytest.approx((36.5 + 24.5) + 36.5)  # both runs of the trial
+    assert split["training_s"] == 40 and split["worker_setup_s"] == 10
+    assert split["ray_s"] == pytest.approx(split["trial_s"] - 10 - 40 - 6 - 2)
 
 
 def test_time_is_split_into_set_up_work_and_ray():

@@ -14,7 +14,6 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_each_kind_becomes_its_tune_domain():
-    assert tune_domain(Knob("train.workers", "constant", (1,))) == 1
     assert tune_domain(Knob("train.lr", "grid", (1e-3, 2e-3))) == {"grid_search": [1e-3, 2e-3]}
     assert tune_domain(Knob("model.sparse_k", "choice", (1.0, 0.5))).categories == [1.0, 0.5]
     loguniform = tune_domain(Knob("train.lr", "loguniform", (1e-4, 1e-2)))
@@ -38,7 +37,8 @@ def test_a_cached_reference_is_reused_without_training(tmp_path):
     space = load_space(REPO / "search_spaces/smoke.yaml")
     directory, digest = reference_dir(reference_config(space), tmp_path)
     directory.mkdir(parents=True)
-    (directory / REFERENCE_RECORD).write_text(json.dumps({"checkpoint": "somewhere", "accuracy": 0.25}))
+    (directory / REFERENCE_RECORD.format(problems=space.measure_problems)).write_text(
+        json.dumps({"checkpoint": "somewhere", "accuracy": 0.25}))
 
     def never(*args):
         raise AssertionError("measured again")
@@ -48,6 +48,21 @@ def test_a_cached_reference_is_reused_without_training(tmp_path):
     smaller = load_space(REPO / "search_spaces/smoke.yaml")
     smaller.base.data.train_per_level = 10
     assert reference_dir(reference_config(smaller), tmp_path)[1] != digest  # another config, another reference
+
+
+def test_other_measured_problems_measure_the_trained_reference_again(tmp_path):
+    from ryot_ray.train.run import REPORT_FILE
+
+    space = load_space(REPO / "search_spaces/smoke.yaml")
+    directory, _ = reference_dir(reference_config(space), tmp_path)
+    directory.mkdir(parents=True)
+    (directory / REPORT_FILE).write_text(json.dumps({"status": "finished", "checkpoint": str(tmp_path / "ckpt")}))
+    (directory / REFERENCE_RECORD.format(problems=space.measure_problems + 1)).write_text(
+        json.dumps({"checkpoint": "x", "accuracy": 0.9}))
+    measured = []
+    reference = train_reference(space, tmp_path, Measurement(None, lambda path: measured.append(path) or 0.5))
+    assert measured == [tmp_path / "ckpt"] and reference.accuracy == 0.5 and not reference.trained_now
+    assert (directory / REFERENCE_RECORD.format(problems=space.measure_problems)).is_file()
 
 
 def test_scheduler_and_search_follow_the_space():

@@ -1,4 +1,4 @@
-"""Summaries for interleaved measurements: every sample kept, min / median / max shown."""
+"""How every repeated figure is shown: min / median / max, with every sample kept."""
 
 from __future__ import annotations
 
