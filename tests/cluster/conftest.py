@@ -59,15 +59,18 @@ def stop(processes: list[psutil.Process]) -> None:
 class Cluster:
     address: str  # the GCS, for ray start and ray.init
     dashboard: str  # the dashboard and job server
-    metrics: str  # the head's metrics export endpoint
+    metrics: list[str]  # every node's metrics export endpoint
     env: dict  # what a client of this cluster needs (token included)
     temp_dirs: dict[str, str] = field(default_factory=dict)  # node label -> temp dir
 
     def start_node(self, label: str) -> None:
         temp_dir = tempfile.mkdtemp(prefix=f"ryot-{label}-", dir="/tmp")  # short: socket paths live under it
         self.temp_dirs[label] = temp_dir
+        metrics = free_port()
+        self.metrics.append(f"http://127.0.0.1:{metrics}/metrics")
         command = [RAY, "start", f"--address={self.address}", f"--temp-dir={temp_dir}",
-                   f'--resources={{"{label}": 1}}', "--num-cpus=1", "--disable-usage-stats"]
+                   f'--resources={{"{label}": 1}}', f"--metrics-export-port={metrics}", "--num-cpus=1",
+                   "--disable-usage-stats"]
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
@@ -110,7 +113,7 @@ def cluster():
     env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
-    cluster = Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics",
+    cluster = Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", [f"http://127.0.0.1:{metrics}/metrics"],
                       env, {"node_head": temp_dir})
     try:
         head = subprocess.run([RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
