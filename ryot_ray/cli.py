@@ -195,7 +195,7 @@ def _tune(args: argparse.Namespace) -> int:
         raise ConfigError("--repeats must be at least 1")
 
     from ryot_ray.cluster import connect
-    from ryot_ray.report.tune import write_tune_reports
+    from ryot_ray.report.tune import write_search_summary, write_tune_reports
     from ryot_ray.report.validation import write_reports
     from ryot_ray.tune.summary import interrupted, summarize
     from ryot_ray.tune.tuner import SearchError, run_search, train_reference
@@ -224,6 +224,7 @@ def _tune(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(stopped, file=sys.stderr)
         return 130
+    write_search_summary(summary, directory)
     best = summary["best"]
     print(f"{len(summary['trials'])} trials, {summary['stopped_early']} stopped early by {space.scheduler.name}, "
           f"{summary['errored']} errored, {summary['diverged']} diverged; best {best['trial_id']}: objective "

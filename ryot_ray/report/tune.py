@@ -12,6 +12,12 @@ TUNE_SUMMARY_FILE = "tune_summary.json"
 PARETO_PLOT = "pareto_front.png"
 
 
+def write_search_summary(summary: dict, directory: Path) -> Path:
+    """The search's summary as soon as it is known, so a failed validation loses nothing."""
+    write_json_atomic(directory / TUNE_SUMMARY_FILE, summary)
+    return directory / TUNE_SUMMARY_FILE
+
+
 def write_tune_reports(summary: dict, validation: dict, directory: Path, wall_time_s: float) -> list[Path]:
     """Add the validation's headline to the summary, write it, the plot and the table."""
     summary = summary | {
@@ -22,7 +28,7 @@ def write_tune_reports(summary: dict, validation: dict, directory: Path, wall_ti
                        "accuracy_retention": validation["accuracy_retention"],
                        "phase1": validation["phase1"]},
     }
-    write_json_atomic(directory / TUNE_SUMMARY_FILE, summary)
+    write_search_summary(summary, directory)
     plot = _pareto_plot(summary, directory / PARETO_PLOT)
     with open(directory / SUMMARY_FILE, "a") as markdown:
         markdown.write(trials_markdown(summary, plot.name if plot else None))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import ray
 import ray.tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from ryot_ray.config import Config, with_overrides
 from ryot_ray.train.checkpoint import write_json_atomic
@@ -35,6 +37,7 @@ from ryot_ray.tune.progress import TrialProgress
 from ryot_ray.tune.space import Knob, SearchSpace
 from ryot_ray.tune.trial import TrialSetup, run_trial
 
+log = logging.getLogger(__name__)
 METRIC = "objective"
 TUNE_RUN = "tune"  # Tune's experiment folder inside the experiment's directory
 TRAIN_RUNS = "train-runs"  # the trials' Ray Train runs
@@ -182,4 +185,24 @@ def run_search(space: SearchSpace, directory: Path, reference: Reference, measur
                 failure_config=ray.tune.FailureConfig(max_failures=space.base.train.max_failures),
                 callbacks=[TrialProgress(space.scheduler.max_t), TrialMetrics(directory.name)]),
         )
-    return tuner.fit()
+    results = tuner.fit()
+    released = release_leftover_placement_groups()
+    if released:
+        log.warning("released %d placement group(s) that stopped trials' Train runs left behind", released)
+    return results
+
+
+def release_leftover_placement_groups() -> int:
+    """Remove the placement groups this job still holds once every trial has ended.
+
+    A trial Tune stops while its Train run is shutting down can leave the worker group's
+    placement group behind (Ray Train's cleaner has already stopped by then); the CPUs it
+    holds would keep the validator from ever starting. Only this job's are removed: a
+    placement group's id ends with the id of the job that created it (Ray's ID layout).
+    """
+    job = ray.get_runtime_context().get_job_id()
+    leftover = [pg_id for pg_id, pg in placement_group_table().items()
+                if pg["state"] == "CREATED" and pg_id.endswith(job)]
+    for pg_id in leftover:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+    return len(leftover)

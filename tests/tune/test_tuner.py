@@ -3,6 +3,8 @@ reference is chosen and cached. (The search itself runs in tests/e2e/test_cli_tu
 
 import json
 
+import pytest
+
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -76,3 +78,17 @@ def test_scheduler_and_search_follow_the_space():
     assert isinstance(limited.searcher, OptunaSearch) and limited.max_concurrent == 3
     space.search = "random"
     assert _search_algorithm(space, concurrent=2).max_concurrent == 2
+
+
+@pytest.mark.ray
+def test_placement_groups_left_by_this_job_are_released(ray_cluster):
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from ryot_ray.tune.tuner import release_leftover_placement_groups
+
+    left = placement_group([{"CPU": 1}])
+    ray_cluster.get(left.ready())
+    assert ray_cluster.available_resources().get("CPU", 0) == 1
+    assert release_leftover_placement_groups() == 1
+    assert placement_group_table()[left.id.hex()]["state"] == "REMOVED"
+    assert release_leftover_placement_groups() == 0
