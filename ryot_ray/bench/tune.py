@@ -2,8 +2,10 @@
 on the same cluster, in alternating order over the repeats (ASHA first, then FIFO first,
 ...), so neither always runs on a warmer machine.
 
-The goal: ASHA finds the configuration FIFO finds best, with at least half the total
-trial time."""
+The goal: ASHA reaches FIFO's best objective with at least half the total trial time.
+A trial trains the same way under both (same knobs, same seed), so ASHA reaches it when
+it runs FIFO's best configuration to `max_t`; with several configurations tied for best
+(knobs that change only speed tie below the accuracy floor), any one of them counts."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def bench_tune(space: SearchSpace, directory: Path, references: Path, measuremen
             runs[name].append(_search(space, name, directory / f"{name}-{repeat + 1}", reference, measurement))
     pairs = list(zip(runs["asha"], runs["fifo"]))
     saved = spread([fifo["trial_time_s"] / asha["trial_time_s"] for asha, fifo in pairs])
-    same_best = all(asha["best_params"] == fifo["best_params"] for asha, fifo in pairs)
+    reached = all(reached_fifo_best(asha, fifo, space.scheduler.max_t) for asha, fifo in pairs)
     return {
         "benchmark": "tune",
         "space": space.source,
@@ -59,11 +61,18 @@ def bench_tune(space: SearchSpace, directory: Path, references: Path, measuremen
         "runs": runs,
         "trial_time_saved": saved,
         "wall_time_saved": spread([fifo["wall_time_s"] / asha["wall_time_s"] for asha, fifo in pairs]),
-        "same_best_config": same_best,
-        "goal": {"trial_time_saved_at_least": GOAL_TRIAL_TIME_SAVED, "same_best_config": True,
-                 "met": same_best and saved["median"] >= GOAL_TRIAL_TIME_SAVED},
+        "same_best_config": all(asha["best_params"] == fifo["best_params"] for asha, fifo in pairs),
+        "reached_fifo_best": reached,
+        "goal": {"trial_time_saved_at_least": GOAL_TRIAL_TIME_SAVED, "reached_fifo_best": True,
+                 "met": reached and saved["min"] >= GOAL_TRIAL_TIME_SAVED},
         "machine": machine_facts(),
     }
+
+
+def reached_fifo_best(asha: dict, fifo: dict, max_t: int) -> bool:
+    """Whether ASHA ran one of FIFO's best configurations to `max_t`."""
+    best = [trial["params"] for trial in fifo["trials"] if trial["objective"] == fifo["best_objective"]]
+    return any(trial["params"] in best and trial["epochs"] == max_t for trial in asha["trials"])
 
 
 def table(result: dict) -> str:
@@ -78,8 +87,10 @@ def table(result: dict) -> str:
     saved, wall = result["trial_time_saved"], result["wall_time_saved"]
     goal = result["goal"]
     lines.append(f"fifo / asha trial time: {saved['median']:.2f}x (min {saved['min']:.2f}, max {saved['max']:.2f}); "
-                 f"wall time {wall['median']:.2f}x; same best configuration: "
+                 f"wall time {wall['median']:.2f}x; ASHA ran FIFO's best to max_t: "
+                 f"{'yes' if result['reached_fifo_best'] else 'no'}; same best configuration: "
                  f"{'yes' if result['same_best_config'] else 'no'}")
-    lines.append(f"goal (same best configuration, trial time saved >= {goal['trial_time_saved_at_least']:.0f}x): "
+    lines.append(f"goal (FIFO's best reached, trial time saved >= {goal['trial_time_saved_at_least']:.0f}x "
+                 f"in every repeat): "
                  f"{'met' if goal['met'] else 'NOT MET'}")
     return "\n".join(lines)

@@ -6,7 +6,22 @@ import pytest
 
 from tests.e2e.test_cli_train import ryot_ray
 
-pytestmark = pytest.mark.ray
+
+def _run(*trials: tuple[float, int, float]) -> dict:
+    """A run's record from (lr, epochs, objective) per trial."""
+    records = [{"params": {"train.lr": lr}, "epochs": epochs, "objective": objective}
+               for lr, epochs, objective in trials]
+    return {"trials": records, "best_objective": max(objective for _, _, objective in trials)}
+
+
+def test_asha_reaches_fifo_best_only_by_running_one_of_its_best_configurations_to_max_t():
+    from ryot_ray.bench.tune import reached_fifo_best
+
+    fifo = _run((1e-3, 4, -0.4), (2e-3, 4, -0.2), (3e-3, 4, -0.2))  # two tied for best
+    assert reached_fifo_best(_run((1e-3, 4, -0.4), (2e-3, 1, -0.9), (3e-3, 4, -0.2)), fifo, max_t=4)
+    assert not reached_fifo_best(_run((1e-3, 4, -0.4), (2e-3, 2, -0.5), (3e-3, 1, -0.9)), fifo, max_t=4)
+    assert not reached_fifo_best(_run((1e-3, 4, -0.4), (2e-3, 4, -0.2), (3e-3, 4, -0.2)), fifo, max_t=5)
+
 
 # The stuck learning rate starts third, when a trial has passed the first rung: ASHA stops it.
 SPACE = """config: {config}
@@ -20,6 +35,7 @@ space:
 """
 
 
+@pytest.mark.ray
 def test_asha_stops_what_fifo_runs_to_the_end_on_the_same_trials(tmp_path):
     from tests.conftest import SMOKE
 
@@ -34,4 +50,4 @@ def test_asha_stops_what_fifo_runs_to_the_end_on_the_same_trials(tmp_path):
     stuck = next(t for t in asha["trials"] if t["params"]["train.lr"] == 1e-7)
     assert stuck["status"] == "stopped early" and stuck["epochs"] == 1 and asha["epochs"] < fifo["epochs"]
     assert len(result["trial_time_saved"]["samples"]) == 1
-    assert "fifo / asha trial time" in done.stdout and "goal (same best configuration" in done.stdout
+    assert "fifo / asha trial time" in done.stdout and "goal (FIFO's best reached" in done.stdout
