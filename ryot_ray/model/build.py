@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
@@ -68,13 +69,18 @@ def check_knobs(config: ModelConfig) -> None:
 
 
 def build_model(
-    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, llama: LlamaConfig | None = None
+    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, llama: LlamaConfig | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> LlamaForCausalLM:
-    """A fresh model at a preset, the given Llama config, or `config.pretrained`'s weights."""
+    """A fresh model at a preset, the given Llama config, or `config.pretrained`'s weights;
+    `weights` (a full-precision state dict of the same shapes) replace those before the
+    linears are swapped, so a BitNet model can start from a trained fp32 one."""
     if llama is not None:
         model = LlamaForCausalLM(llama)
     elif config.pretrained:
         model = LlamaForCausalLM.from_pretrained(config.pretrained, dtype="float32", use_safetensors=True)
     else:
         model = LlamaForCausalLM(llama_config(config.preset, tokenizer))
+    if weights is not None:
+        model.load_state_dict(weights)
     return LINEAR_BUILDERS[config.quantization](model, config)

@@ -182,7 +182,9 @@ EpochMetrics = Callable[[torch.nn.Module, object, Config, list], dict]
 
 
 def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None = None,
-                          run_id: str | None = None) -> None:
+                          run_id: str | None = None, start_weights: ray.ObjectRef | None = None) -> None:
+    """`start_weights`: a full-precision state dict in the object store (so every node reads
+    it) that a run without a checkpoint starts from."""
     setup_start = time.perf_counter()
     quiet_report_logging()
     config = Config.from_dict(loop_config)
@@ -195,10 +197,11 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
         tokenizer = load_tokenizer(config.model.pretrained)
     else:
         tokenizer = build_char_tokenizer()
-    model = build_model(config.model, tokenizer)
+    checkpoint = ray.train.get_checkpoint()
+    weights = ray.get(start_weights) if start_weights is not None and not checkpoint else None
+    model = build_model(config.model, tokenizer, weights=weights)
     optimizer = build_optimizer(model, config)
     state = TrainingState(machine=machine_facts())
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
             # refuses a truncated or corrupted file, by name

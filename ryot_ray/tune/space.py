@@ -8,6 +8,7 @@ search: random                    # random | optuna
 scheduler: {name: asha, max_t: 5, grace_period: 1, reduction_factor: 2}
 accuracy_floor: 0.95              # fraction of the reference accuracy a trial must keep
 measure_problems: 48              # validation problems a trial answers after each epoch
+start_from: scratch               # scratch | reference: trials convert the trained fp32 reference
 space:
   sparse_k: {choice: [1.0, 0.5]}  # short names of the adaptive knobs ...
   train.lr: {loguniform: [5.0e-4, 3.0e-3]}   # ... or any config key
@@ -37,7 +38,9 @@ KNOB_KEYS = {
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SEARCHES = ("random", "optuna")
 SCHEDULERS = ("asha", "fifo")
-TOP_LEVEL = ("config", "samples", "search", "scheduler", "accuracy_floor", "measure_problems", "space")
+STARTS = ("scratch", "reference")
+TOP_LEVEL = ("config", "samples", "search", "scheduler", "accuracy_floor", "measure_problems", "start_from",
+             "space")
 SPACE_FILE = "search_space.yaml"  # the space as an experiment ran it, kept for --resume
 
 
@@ -66,6 +69,9 @@ class SearchSpace:
     scheduler: Scheduler = field(default_factory=Scheduler)
     accuracy_floor: float = 0.95
     measure_problems: int = 48
+    # scratch: each trial builds its model as the base config says; reference: from the
+    # search's trained fp32 reference, which the trial's knobs then convert and fine-tune
+    start_from: str = "scratch"
 
 
 def _fail(source: str, key: str, message: str) -> None:
@@ -122,6 +128,9 @@ def load_space(path: str | Path, config_path: str | Path | None = None) -> Searc
     search = data.get("search", "random")
     if search not in SEARCHES:
         _fail(source, "search", f"{search!r} is not one of {', '.join(SEARCHES)}")
+    start_from = data.get("start_from", "scratch")
+    if start_from not in STARTS:
+        _fail(source, "start_from", f"{start_from!r} is not one of {', '.join(STARTS)}")
     floor = data.get("accuracy_floor", 0.95)
     if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not 0 <= floor <= 1:
         _fail(source, "accuracy_floor", f"expected a fraction of the reference accuracy in [0, 1], got {floor!r}")
@@ -142,7 +151,7 @@ def load_space(path: str | Path, config_path: str | Path | None = None) -> Searc
     constants = [f"{k.key}={json.dumps(k.values[0])}" for k in knobs if k.kind == "constant"]
     base = with_overrides(base, constants, source)  # constants hold for the reference too
     knobs = [k for k in knobs if k.kind != "constant"]
-    return SearchSpace(source, base, knobs, samples, search, scheduler, float(floor), measure_problems)
+    return SearchSpace(source, base, knobs, samples, search, scheduler, float(floor), measure_problems, start_from)
 
 
 def save_space(space: SearchSpace, directory: Path) -> None:

@@ -33,6 +33,7 @@ class TrialSetup:
     max_t: int  # epochs of a trial that is never stopped
     storage: str  # where the Train runs keep their checkpoints
     epoch_metrics: Callable  # (model, tokenizer, config, problems) -> metrics, on rank 0
+    start_weights: ray.ObjectRef | None = None  # the fp32 weights every trial starts from
 
 
 def trial_config(base: Config, params: dict, epochs: int) -> Config:
@@ -44,7 +45,8 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_S)  # read by the Train controller it starts
     config = trial_config(Config.from_dict(setup.base), params, setup.max_t)
     trial_id = ray.tune.get_context().get_trial_id()
-    loop = partial(train_loop_per_worker, epoch_metrics=setup.epoch_metrics, run_id=f"trial-{trial_id}")
+    loop = partial(train_loop_per_worker, epoch_metrics=setup.epoch_metrics, run_id=f"trial-{trial_id}",
+                   start_weights=setup.start_weights)
     trainer = torch_trainer(config, loop, f"train-{trial_id}", setup.storage, callbacks=(TuneReportCallback(),))
     # A failure raises here and Tune starts the trial again (its FailureConfig); its Train
     # run continues from its checkpoint. A diverged run returns: its last report says so.

@@ -4,7 +4,8 @@ The reference (the base config in full precision: dense, full width, same data a
 epochs) is trained once and cached by the hash of its config under
 `<results>/references/`, so a second experiment on the same base config, or a resumed
 one, reuses it. Its accuracy on the problems a trial measures is the denominator of
-every trial's accuracy retention.
+every trial's accuracy retention. With `start_from: reference` its weights are also where
+every trial starts: they go to the object store once, so trials on any node read them.
 
 A trial asks for no CPU of its own, only the memory its driver process uses (the Train
 workers it starts hold the CPUs), and at most as many trials run at once as the
@@ -29,7 +30,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from ryot_ray.config import Config, with_overrides
-from ryot_ray.train.checkpoint import write_json_atomic
+from ryot_ray.train.checkpoint import load_checkpoint, write_json_atomic
 from ryot_ray.train.run import REPORT_FILE, run_training
 from ryot_ray.tune.objective import EpochObjective
 from ryot_ray.tune.metrics import TrialMetrics
@@ -160,6 +161,8 @@ def run_search(space: SearchSpace, directory: Path, reference: Reference, measur
         max_t=space.scheduler.max_t,
         storage=str(directory / TRAIN_RUNS),
         epoch_metrics=EpochObjective(measurement.per_epoch, reference.accuracy, space.accuracy_floor),
+        start_weights=ray.put(load_checkpoint(reference.checkpoint)[0].state_dict())
+        if space.start_from == "reference" else None,
     )
     # A diverged epoch's report has no objective; Tune would end the whole search over it.
     # Without the strict check ASHA skips that report and the trial ends, status "diverged".

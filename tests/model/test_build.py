@@ -64,6 +64,16 @@ def test_pretrained_checkpoint_converts_and_keeps_its_weights(tokenizer, tmp_pat
     assert losses[-1] < losses[0] - 0.5
 
 
+def test_a_bitnet_model_starts_from_given_full_precision_weights(tokenizer):
+    torch.manual_seed(1)
+    source = build_model(ModelConfig(preset="tiny", quantization="none"), tokenizer)
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(preset="tiny", mrl_depth=2, sparse_k=0.5), tokenizer, weights=source.state_dict())
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert isinstance(model.model.layers[0].mlp.up_proj, BitLinear)
+
+
 def test_a_pickled_pretrained_checkpoint_is_refused(tokenizer, tmp_path):
     source = LlamaForCausalLM(llama_config("tiny", tokenizer))
     source.config.save_pretrained(tmp_path)

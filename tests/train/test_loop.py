@@ -30,6 +30,29 @@ def test_epoch_metrics_are_added_after_each_evaluation(smoke_config):
     assert metrics["problems_seen_by_hook"] == metrics["problems"] and metrics["measure_time_s"] > 0
 
 
+def test_a_run_without_a_checkpoint_starts_from_the_given_weights(ray_cluster, smoke_config, tokenizer):
+    from dataclasses import replace
+    from functools import partial
+
+    import torch
+
+    from ryot_ray.model.build import build_model
+
+    torch.manual_seed(123)  # not the run's seed: its own fresh model would differ
+    start = build_model(replace(smoke_config.model, quantization="none"), tokenizer).state_dict()
+    smoke_config.train.epochs, smoke_config.train.lr, smoke_config.train.lr_stage2 = 1, 0.0, 0.0  # no update
+    trained = {}
+
+    def keep_weights(model, tokenizer, config, problems):
+        trained.update(model.state_dict())
+        return {}
+
+    run_in_process(smoke_config, partial(train_loop_per_worker, epoch_metrics=keep_weights,
+                                         start_weights=ray_cluster.put(start)))
+    for name, tensor in start.items():
+        assert torch.equal(trained[name], tensor), name
+
+
 def test_loop_learns_and_reports_every_metric(smoke_config):
     smoke_config.train.epochs = 3
     smoke_config.data.families = ["reverse"]

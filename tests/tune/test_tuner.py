@@ -92,3 +92,20 @@ def test_placement_groups_left_by_this_job_are_released(ray_cluster):
     assert release_leftover_placement_groups() == 1
     assert placement_group_table()[left.id.hex()]["state"] == "REMOVED"
     assert release_leftover_placement_groups() == 0
+
+
+def test_trials_start_from_the_trained_reference_when_the_space_says_so(ray_cluster, tmp_path):
+    """A trial that keeps the reference's fp32 layers and never updates them answers
+    exactly as the reference does; from scratch it would answer nothing."""
+    from ryot_ray.cli import _measurement
+    from ryot_ray.tune.tuner import run_search
+
+    path = tmp_path / "space.yaml"
+    path.write_text("samples: 1\nscheduler: {name: fifo, max_t: 2}\nmeasure_problems: 16\nstart_from: reference\n"
+                    "space:\n  data.train_per_level: 600\n  model.quantization: {grid: [none]}\n"
+                    "  train.lr: {grid: [0.0]}\n  train.lr_stage2: {grid: [0.0]}\n")
+    space = load_space(path, REPO / "configs/smoke.yaml")
+    measurement = _measurement(space)
+    reference = train_reference(space, tmp_path / "references", measurement)
+    (result,) = run_search(space, tmp_path / "search", reference, measurement)
+    assert result.metrics["accuracy_retention"] == pytest.approx(1.0)
