@@ -11,8 +11,9 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 def test_shipped_space_loads_with_short_knob_names():
     space = load_space(REPO / "search_spaces/default.yaml", REPO / "configs/default.yaml")
     assert Knob("model.sparse_k", "choice", (1.0, 0.5, 0.25)) in space.knobs
-    assert "train.lr" not in {knob.key for knob in space.knobs}
-    assert space.scheduler.name == "asha" and space.accuracy_floor == 0.95
+    assert Knob("train.lr", "choice", (5e-4,)) in space.knobs  # fine-tuning: trials only
+    assert space.base.train.lr == 1.5e-3  # the reference trains at the config's rate
+    assert space.scheduler.name == "asha" and space.accuracy_floor == 0.95 and space.start_from == "reference"
 
 
 def test_constants_go_into_the_base_config_the_reference_shares(tmp_path):
