@@ -75,7 +75,8 @@ def trials_markdown(summary: dict, plot: str | None) -> str:
         f"wall time {summary['wall_time_s']:.0f} s.",
         "",
         f"Objective: `{summary['objective_formula']}`, accuracy floor {summary['accuracy_floor']}. "
-        f"Reference accuracy on the measured problems: {summary['reference']['accuracy']:.3f}.",
+        f"Reference accuracy on the measured problems: {summary['reference']['accuracy']:.3f}"
+        + ("; every trial started from its weights." if summary["reference"]["trials_start_from_it"] else "."),
         "",
         f"Best trial `{summary['best_trial']}` (validated above): integrated speedup "
         f"{shown(validation['integrated_speedup'])}, accuracy retention {shown(validation['accuracy_retention'], 3)}.",
