@@ -1,7 +1,8 @@
 """A node leaving mid-search: two trials run from a driver joined with `--address`, one
-on each node; once both have checkpointed their first epoch, the second node is stopped
-(its raylet and every process it started, SIGKILL). Its trial starts again on the head
-from that checkpoint, and the experiment completes."""
+on each node, both starting from the reference's weights (the second node reads them
+from the driver's object store); once both have checkpointed their first epoch, the
+second node is stopped (its raylet and every process it started, SIGKILL). Its trial
+starts again on the head from that checkpoint, and the experiment completes."""
 
 import json
 import subprocess
@@ -20,6 +21,7 @@ samples: 1
 scheduler: {{name: fifo, max_t: 3}}
 accuracy_floor: 0.5
 measure_problems: 8
+start_from: reference
 space:
   data.train_per_level: 1500
   train.lr: {{grid: [3.0e-3, 2.0e-3]}}
