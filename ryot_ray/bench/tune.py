@@ -37,8 +37,10 @@ def _search(space: SearchSpace, name: str, directory: Path, reference, measureme
         "stopped_early": summary["stopped_early"],
         "best_objective": summary["best"]["objective"],
         "best_params": summary["best"]["params"],
-        "trials": [{key: t.get(key) for key in ("params", "status", "epochs", "objective")}
-                   for t in summary["trials"]],
+        "trials": [{key: t.get(key) for key in ("params", "status", "epochs", "objective", "speedup",
+                                                "accuracy_retention")} for t in summary["trials"]],
+        # a trial without the native kernels measures the torch fallback's speed
+        "kernel_paths": sorted({t["kernel_path"] for t in summary["trials"] if t.get("kernel_path")}),
     }
 
 
@@ -84,6 +86,8 @@ def table(result: dict) -> str:
         for repeat, run in enumerate(runs, start=1):
             lines.append(f"{name} | {repeat} | {run['wall_time_s']:.0f} | {run['trial_time_s']:.0f} | {run['epochs']} "
                          f"| {run['stopped_early']} | {run['best_objective']:.3f} | {run['best_params']}")
+    kernels = sorted({path for runs in result["runs"].values() for run in runs for path in run["kernel_paths"]})
+    lines.append(f"trials measured with kernel path(s): {', '.join(kernels) or 'none reported'}")
     saved, wall = result["trial_time_saved"], result["wall_time_saved"]
     goal = result["goal"]
     lines.append(f"fifo / asha trial time: {saved['median']:.2f}x (min {saved['min']:.2f}, max {saved['max']:.2f}); "

@@ -51,3 +51,4 @@ def test_asha_stops_what_fifo_runs_to_the_end_on_the_same_trials(tmp_path):
     assert stuck["status"] == "stopped early" and stuck["epochs"] == 1 and asha["epochs"] < fifo["epochs"]
     assert len(result["trial_time_saved"]["samples"]) == 1
     assert "fifo / asha trial time" in done.stdout and "goal (FIFO's best reached" in done.stdout
+    assert asha["kernel_paths"] == fifo["kernel_paths"] and "measured with kernel path(s): native" in done.stdout
