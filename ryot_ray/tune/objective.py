@@ -2,12 +2,14 @@
 accuracy, with the accuracy floor dominant.
 
     retention = trial accuracy / reference accuracy
-    objective = speedup * retention   if retention >= floor   (always > 0)
-              = retention - 1         otherwise               (always < 0)
+    objective = speedup * retention                if retention >= floor   (always > 0)
+              = -1 / (1 + speedup * retention)   otherwise               (always < 0)
 
-So every trial that keeps the floor ranks above every trial that does not; above the
-floor a trial gains as much from 10 % more speed as from 10 % more accuracy; below it
-only accuracy counts, so the search climbs back towards the floor.
+So every trial that keeps the floor ranks above every trial that does not, and on
+either side of it a trial gains as much from 10 % more speed as from 10 % more accuracy.
+Below the floor the same product ranks, so a rung reached while every trial is still
+below it (early in converting a trained model) already sees speed, which is what
+separates the trials once they are fine-tuned.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-FORMULA = ("objective = speedup * retention if retention >= accuracy_floor else retention - 1, "
+FORMULA = ("objective = speedup * retention if retention >= accuracy_floor "
+           "else -1 / (1 + speedup * retention), "
            "where retention = accuracy / reference accuracy")
 
 
@@ -23,7 +26,7 @@ def objective(speedup: float, accuracy: float, reference_accuracy: float, floor:
     if speedup <= 0 or reference_accuracy <= 0:
         raise ValueError(f"speedup ({speedup}) and the reference accuracy ({reference_accuracy}) must be positive")
     retention = accuracy / reference_accuracy
-    return speedup * retention if retention >= floor else retention - 1.0
+    return speedup * retention if retention >= floor else -1.0 / (1.0 + speedup * retention)
 
 
 @dataclass(frozen=True)
