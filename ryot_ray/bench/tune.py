@@ -4,8 +4,8 @@ on the same cluster, in alternating order over the repeats (ASHA first, then FIF
 
 The goal: ASHA reaches FIFO's best objective with at least half the total trial time.
 A trial trains the same way under both (same knobs, same seed), so ASHA reaches it when
-it runs FIFO's best configuration to `max_t`; with several configurations tied for best
-(knobs that change only speed tie below the accuracy floor), any one of them counts."""
+it runs FIFO's best configuration to `max_t`; with several configurations tied for best,
+any one of them counts."""
 
 from __future__ import annotations
 
