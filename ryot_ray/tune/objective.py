@@ -2,8 +2,8 @@
 accuracy, with the accuracy floor dominant.
 
     retention = trial accuracy / reference accuracy
-    objective = speedup * retention                if retention >= floor   (always > 0)
-              = -1 / (1 + speedup * retention)   otherwise               (always < 0)
+    objective = speedup * retention              if retention >= floor   (always > 0)
+              = -1 / (1 + speedup * retention)   otherwise             (always < 0)
 
 So every trial that keeps the floor ranks above every trial that does not, and on
 either side of it a trial gains as much from 10 % more speed as from 10 % more accuracy.
