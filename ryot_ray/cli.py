@@ -197,7 +197,7 @@ def _tune(args: argparse.Namespace) -> int:
     from ryot_ray.cluster import connect
     from ryot_ray.report.tune import write_search_summary, write_tune_reports
     from ryot_ray.report.validation import write_reports
-    from ryot_ray.tune.summary import interrupted, summarize
+    from ryot_ray.tune.summary import fallback_warning, interrupted, summarize
     from ryot_ray.tune.tuner import SearchError, run_search, train_reference
 
     started = time.perf_counter()
@@ -229,6 +229,8 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"{len(summary['trials'])} trials, {summary['stopped_early']} stopped early by {space.scheduler.name}, "
           f"{summary['errored']} errored, {summary['diverged']} diverged; best {best['trial_id']}: objective "
           f"{best['objective']:.3f}, speedup {best['speedup']:.2f}x, accuracy {best['inference_accuracy']:.3f}")
+    if warning := fallback_warning(summary["kernel_paths"]):
+        print(f"ryot-ray: warning: {warning}", file=sys.stderr)
     report = _validate_on_actor(Path(best["checkpoint"]), reference.checkpoint, targets, {}, args.repeats, None, True)
     written = write_reports(report, directory)
     written += write_tune_reports(summary, report, directory, time.perf_counter() - started)

@@ -16,7 +16,7 @@ from pathlib import Path
 from ryot_ray.machine import machine_facts
 from ryot_ray.stats import spread
 from ryot_ray.tune.space import SearchSpace
-from ryot_ray.tune.summary import interrupted, summarize
+from ryot_ray.tune.summary import fallback_warning, interrupted, summarize
 from ryot_ray.tune.tuner import Measurement, run_search, train_reference
 
 SCHEDULERS = ("asha", "fifo")
@@ -39,8 +39,7 @@ def _search(space: SearchSpace, name: str, directory: Path, reference, measureme
         "best_params": summary["best"]["params"],
         "trials": [{key: t.get(key) for key in ("params", "status", "epochs", "objective", "speedup",
                                                 "accuracy_retention")} for t in summary["trials"]],
-        # a trial without the native kernels measures the torch fallback's speed
-        "kernel_paths": sorted({t["kernel_path"] for t in summary["trials"] if t.get("kernel_path")}),
+        "kernel_paths": summary["kernel_paths"],
     }
 
 
@@ -88,6 +87,8 @@ def table(result: dict) -> str:
                          f"| {run['stopped_early']} | {run['best_objective']:.3f} | {run['best_params']}")
     kernels = sorted({path for runs in result["runs"].values() for run in runs for path in run["kernel_paths"]})
     lines.append(f"trials measured with kernel path(s): {', '.join(kernels) or 'none reported'}")
+    if warning := fallback_warning(kernels):
+        lines.append(f"warning: {warning}")
     saved, wall = result["trial_time_saved"], result["wall_time_saved"]
     goal = result["goal"]
     lines.append(f"fifo / asha trial time: {saved['median']:.2f}x (min {saved['min']:.2f}, max {saved['max']:.2f}); "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ryot_ray.report.validation import SUMMARY_FILE, save_figure, shown
 from ryot_ray.train.checkpoint import write_json_atomic
+from ryot_ray.tune.summary import fallback_warning
 
 TUNE_SUMMARY_FILE = "tune_summary.json"
 PARETO_PLOT = "pareto_front.png"
@@ -85,6 +86,9 @@ def trials_markdown(summary: dict, plot: str | None) -> str:
         f"measurement {overhead['evaluation_and_measurement_s']:.0f} s, worker set-up (model, data) "
         f"{overhead['worker_setup_s']:.0f} s, Ray (starting the Train run's processes, checkpoints, reports) "
         f"{overhead['ray_s']:.0f} s = {shown(None if overhead['ray_fraction'] is None else 100 * overhead['ray_fraction'], 1)} %.",
+        "",
+        f"Trials measured their speed with kernel path(s): {', '.join(summary['kernel_paths']) or 'none reported'}."
+        + (f" **Warning: {warning}.**" if (warning := fallback_warning(summary["kernel_paths"])) else ""),
         "", "| trial | status | epochs | objective | speedup | accuracy | retention | knobs |",
         "|---|---|---|---|---|---|---|---|",
     ]

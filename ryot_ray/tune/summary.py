@@ -97,6 +97,17 @@ def pareto_front(trials: list[dict]) -> list[str]:
     return [t["trial_id"] for t in measured if not dominated(t)]
 
 
+def fallback_warning(kernel_paths: list[str]) -> str | None:
+    """A trial whose node could not load the native library measured the torch fallback's
+    speed, not the ternary kernels': say so wherever its speedups are shown."""
+    fallback = [path for path in kernel_paths if not path.startswith("native")]
+    if not fallback:
+        return None
+    return (f"some trials measured their speed with the {', '.join(fallback)} kernel path: the native ternary "
+            "library did not load on their node, so their speedups are the torch fallback's "
+            "(`ryot-ray info` on that node says why)")
+
+
 def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Reference, wall_time_s: float) -> dict:
     trials = [trial_record(result, space) for result in results]
     ranked = [t for t in trials if t["status"] not in ("errored", DIVERGED) and METRIC in t]
@@ -118,6 +129,7 @@ def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Refer
                       "trials_start_from_it": space.start_from == "reference"},
         "wall_time_s": wall_time_s,
         "trials": trials,
+        "kernel_paths": sorted({t["kernel_path"] for t in trials if t.get("kernel_path")}),
         "stopped_early": sum(t["status"] == STOPPED_EARLY for t in trials),
         "errored": sum(t["status"] == "errored" for t in trials),
         "diverged": sum(t["status"] == DIVERGED for t in trials),

@@ -85,3 +85,21 @@ def test_summary_ranks_by_objective_ties_to_the_faster_and_totals_the_time():
     assert summary["reference"]["trials_start_from_it"] is False  # the smoke space trains from scratch
     assert summary["overhead"]["trial_time_s"] == pytest.approx(2 * 61.0 + 36.5)
     assert summary["overhead"]["ray_fraction"] == pytest.approx(summary["overhead"]["ray_s"] / (2 * 61.0 + 36.5))
+
+
+def test_trials_that_measured_the_torch_fallback_are_named_in_the_summary_and_its_table():
+    from ryot_ray.report.tune import trials_markdown
+    from ryot_ray.tune.summary import fallback_warning, summarize
+    from ryot_ray.tune.tuner import Reference
+
+    space = load_space(REPO / "search_spaces/smoke.yaml")
+    native, fallback = result(2), result(1)
+    native.metrics |= {"kernel_path": "native avx512_vnni"}
+    fallback.metrics |= {"kernel_path": "torch-int8", "trial_id": "fallback"}
+    summary = summarize([native, fallback], space, Reference(REPO, 0.5, "abc", False), wall_time_s=100.0)
+    assert summary["kernel_paths"] == ["native avx512_vnni", "torch-int8"]
+    assert fallback_warning(["native avx512_vnni"]) is None
+    warning = fallback_warning(summary["kernel_paths"])
+    assert "torch-int8" in warning and "avx512" not in warning
+    table = trials_markdown(summary | {"validation": {"integrated_speedup": None, "accuracy_retention": None}}, None)
+    assert "kernel path(s): native avx512_vnni, torch-int8. **Warning: some trials" in table
