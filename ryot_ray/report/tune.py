@@ -27,6 +27,7 @@ def write_tune_reports(summary: dict, validation: dict, directory: Path, wall_ti
         "validation": {"checkpoint": validation["checkpoint"],
                        "integrated_speedup": validation["integrated_speedup"],
                        "accuracy_retention": validation["accuracy_retention"],
+                       "threads": validation["threads"],
                        "phase1": validation["phase1"]},
     }
     write_search_summary(summary, directory)
@@ -87,7 +88,9 @@ def trials_markdown(summary: dict, plot: str | None) -> str:
         f"{overhead['worker_setup_s']:.0f} s, Ray (starting the Train run's processes, checkpoints, reports) "
         f"{overhead['ray_s']:.0f} s = {shown(None if overhead['ray_fraction'] is None else 100 * overhead['ray_fraction'], 1)} %.",
         "",
-        f"Trials measured their speed with kernel path(s): {', '.join(summary['kernel_paths']) or 'none reported'}."
+        f"Trials measured their speed with kernel path(s): {', '.join(summary['kernel_paths']) or 'none reported'}, "
+        f"on {', '.join(map(str, summary['threads'])) or 'unreported'} thread(s); the validation above on "
+        f"{validation.get('threads', 'unreported')}. A speedup holds for its thread count only."
         + (f" **Warning: {warning}.**" if (warning := fallback_warning(summary["kernel_paths"])) else ""),
         "", "| trial | status | epochs | objective | speedup | accuracy | retention | knobs |",
         "|---|---|---|---|---|---|---|---|",

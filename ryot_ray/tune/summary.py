@@ -20,7 +20,7 @@ STOPPED_EARLY = "stopped early"
 DIVERGED = "diverged"  # the loss stopped being finite; the trial has no objective for that epoch
 TIMERS = ("setup_time_s", "epoch_time_s", "eval_time_s", "measure_time_s")
 FIGURES = ("objective", "speedup", "inference_accuracy", "accuracy_retention", "accuracy", "speedup_per_problem",
-           "paths_per_problem", "node", "node_id", "cpu", "kernel_path")
+           "paths_per_problem", "node", "node_id", "cpu", "kernel_path", "threads")
 
 
 def interrupted(results: ray.tune.ResultGrid) -> bool:
@@ -130,6 +130,7 @@ def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Refer
         "wall_time_s": wall_time_s,
         "trials": trials,
         "kernel_paths": sorted({t["kernel_path"] for t in trials if t.get("kernel_path")}),
+        "threads": sorted({t["threads"] for t in trials if t.get("threads")}),
         "stopped_early": sum(t["status"] == STOPPED_EARLY for t in trials),
         "errored": sum(t["status"] == "errored" for t in trials),
         "diverged": sum(t["status"] == DIVERGED for t in trials),

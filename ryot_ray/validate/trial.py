@@ -100,6 +100,7 @@ class TrialMeasurement:
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "cpu": {key: cpu_facts()[key] for key in ("model", "signature")},
             "kernel_path": f"{path.name} {path.isa}".strip(),
+            "threads": torch.get_num_threads(),  # the speedup depends on it: fp32 gains more from threads
         }
 
 

@@ -94,12 +94,14 @@ def test_trials_that_measured_the_torch_fallback_are_named_in_the_summary_and_it
 
     space = load_space(REPO / "search_spaces/smoke.yaml")
     native, fallback = result(2), result(1)
-    native.metrics |= {"kernel_path": "native avx512_vnni"}
-    fallback.metrics |= {"kernel_path": "torch-int8", "trial_id": "fallback"}
+    native.metrics |= {"kernel_path": "native avx512_vnni", "threads": 1}
+    fallback.metrics |= {"kernel_path": "torch-int8", "trial_id": "fallback", "threads": 1}
     summary = summarize([native, fallback], space, Reference(REPO, 0.5, "abc", False), wall_time_s=100.0)
-    assert summary["kernel_paths"] == ["native avx512_vnni", "torch-int8"]
+    assert summary["kernel_paths"] == ["native avx512_vnni", "torch-int8"] and summary["threads"] == [1]
     assert fallback_warning(["native avx512_vnni"]) is None
     warning = fallback_warning(summary["kernel_paths"])
     assert "torch-int8" in warning and "avx512" not in warning
-    table = trials_markdown(summary | {"validation": {"integrated_speedup": None, "accuracy_retention": None}}, None)
-    assert "kernel path(s): native avx512_vnni, torch-int8. **Warning: some trials" in table
+    validation = {"integrated_speedup": None, "accuracy_retention": None, "threads": 2}
+    table = trials_markdown(summary | {"validation": validation}, None)
+    assert "native avx512_vnni, torch-int8, on 1 thread(s); the validation above on 2." in table
+    assert "**Warning: some trials measured their speed with the torch-int8 kernel path" in table

@@ -2,6 +2,7 @@
 
 import dataclasses
 import pytest
+import torch
 
 from ryot_ray.data.examples import evaluation_problems
 from ryot_ray.train.checkpoint import load_checkpoint
@@ -32,6 +33,7 @@ def test_greedy_accuracy_is_the_verifier_s_on_the_frozen_model(checkpoint):
     # the frozen ternary engine answers as the QAT model does through transformers
     assert metrics["inference_accuracy"] == exact_match(model, tokenizer, chosen, config.data.scratchpad, 8)["accuracy"]
     assert metrics["measured_problems"] == 8 and metrics["paths_per_problem"] == 1
+    assert metrics["threads"] == torch.get_num_threads()
     assert metrics["speedup"] == pytest.approx(metrics["reference_answer_time_s"] / metrics["answer_time_s"])
     spread = metrics["speedup_per_problem"]
     assert 0 < spread["min"] <= spread["median"] <= spread["max"]
