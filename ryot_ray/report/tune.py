@@ -90,7 +90,7 @@ def trials_markdown(summary: dict, plot: str | None) -> str:
         "",
         f"Trials measured their speed with kernel path(s): {', '.join(summary['kernel_paths']) or 'none reported'}, "
         f"on {', '.join(map(str, summary['threads'])) or 'unreported'} thread(s); the validation above on "
-        f"{validation.get('threads', 'unreported')}. A speedup holds for its thread count only."
+        f"{validation['threads']}. A speedup holds for its thread count only."
         + (f" **Warning: {warning}.**" if (warning := fallback_warning(summary["kernel_paths"])) else ""),
         "", "| trial | status | epochs | objective | speedup | accuracy | retention | knobs |",
         "|---|---|---|---|---|---|---|---|",
