@@ -81,7 +81,13 @@ class Cluster:
         """`ray job submit` of `python -m ryot_ray ARGS` with the repository as working dir."""
         command = [RAY, "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
                    *([] if wait else ["--no-wait"]), "--", sys.executable, "-m", "ryot_ray", *args]
-        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+        deadline = time.monotonic() + 60
+        while True:
+            done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout)
+            # a new cluster's job server answers before its node's agent has registered; no job was made
+            if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
+                return done
+            time.sleep(2)
 
     def get(self, path: str, token: bool = True) -> tuple[int, str]:
         request = urllib.request.Request(self.dashboard + path)
