@@ -62,9 +62,18 @@ def _parser() -> argparse.ArgumentParser:
                          help="sweep the tiles per shape instead, and cache the best for this CPU")
     decode = benches.add_parser("decode", help="whole-model decode: fp32 reference, transformers, ternary")
     decode.add_argument("--size", choices=["tiny", "small", "1b"], default="small", help="model preset")
+    decode.add_argument("--checkpoint", type=Path, help="a trained BitNet checkpoint for the ternary variants "
+                        "(default: random weights of --size)")
     decode.add_argument("--prompt-tokens", type=int, default=32)
-    decode.add_argument("--new-tokens", type=int, default=32)
+    decode.add_argument("--new-tokens", type=int, default=64)
+    decode.add_argument("--ttft-prompt", type=int, default=128, help="prompt tokens of the long-prompt TTFT")
+    decode.add_argument("--paths", type=int, default=4, help="paths decoded as one batch, against one path")
+    decode.add_argument("--threads", type=_integers, metavar="T,...",
+                        help="thread counts to measure at, e.g. 2,1 (default: this process's CPUs)")
     decode.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS processes")
+    decode.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary, to run beside ours")
+    decode.add_argument("--gguf", type=Path, action="append", default=[],
+                        help="a GGUF of the same shapes for --llama-bench (repeatable: TQ2_0, Q8_0, ...)")
     compression = benches.add_parser(
         "compression", help="training memory per saved-activation mode; sparse and Matryoshka decode")
     compression.add_argument("--config", type=Path, default=Path("configs/default.yaml"),
@@ -81,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     _ray_options(tune_bench)
     for parser_ in (train_bench, kernels, decode, compression):
         parser_.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
-        parser_.add_argument("--threads", type=int, help="torch and kernel threads")
         parser_.add_argument("--results-dir", type=Path, default=Path("results"))
+        if parser_ is not decode:
+            parser_.add_argument("--threads", type=int, help="torch and kernel threads")
 
     validate = commands.add_parser(
         "validate", help="the optimized inference configuration against the reference, on a Ray actor")
@@ -101,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="answer your own prompts with a checkpoint")
     generate.add_argument("--checkpoint", type=Path, required=True)
     prompts = generate.add_mutually_exclusive_group(required=True)
-    prompts.add_argument("--prompt", help="one prompt in the task format, e.g. 'add 12+34='")
+    prompts.add_argument("--prompt", help="one prompt in the task format, e.g. '12+34|' or 'rev abc|'")
     prompts.add_argument("--prompts", type=Path, help='a JSONL file, one {"prompt": ...} per line')
     generate.add_argument("--output", type=Path, help="JSONL answers (default: printed)")
     generate.add_argument("--set", dest="overrides", action="append", default=[], metavar="inference.KEY=VALUE")
@@ -268,7 +278,7 @@ def _bench_tune(args: argparse.Namespace) -> int:
 
     from ryot_ray.bench.tune import bench_tune, table
     from ryot_ray.cluster import connect
-    from ryot_ray.train.checkpoint import write_json_atomic
+    from ryot_ray.atomic import write_json_atomic
     from ryot_ray.tune.tuner import SearchError
 
     connect(args.address, args.dashboard_host)
@@ -337,7 +347,7 @@ def _integers(text: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ryot_ray.train.checkpoint import write_json_atomic
+    from ryot_ray.atomic import write_json_atomic
 
     if args.what == "tune":
         return _bench_tune(args)
@@ -345,12 +355,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError("--rounds must be at least 1")
     if getattr(args, "calls", 1) < 1:
         raise ConfigError("--calls must be at least 1")
-    from ryot_ray.kernels.ternary import MAX_ROWS_PER_TILE, MAX_TOKENS_PER_TILE
-
-    if not 1 <= getattr(args, "rows_per_tile", 1) <= MAX_ROWS_PER_TILE:
-        raise ConfigError(f"--rows-per-tile must be 1 to {MAX_ROWS_PER_TILE}")
-    if not 1 <= getattr(args, "tokens_per_tile", 1) <= MAX_TOKENS_PER_TILE:
-        raise ConfigError(f"--tokens-per-tile must be 1 to {MAX_TOKENS_PER_TILE}")
+    if args.what == "kernels" and not args.autotune:
+        _check_kernel_tile(args.rows_per_tile, args.tokens_per_tile)
     if args.what == "train":
         from ryot_ray.bench.train import bench_train, table
 
@@ -361,10 +367,17 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.what == "decode":
         from ryot_ray.bench.decode import bench_decode, table
 
-        if args.prompt_tokens < 1 or args.new_tokens < 2:
-            raise ConfigError("--prompt-tokens must be at least 1 and --new-tokens at least 2")
+        if args.prompt_tokens < 1 or args.new_tokens < 2 or args.ttft_prompt < 1 or args.paths < 1:
+            raise ConfigError("--prompt-tokens, --ttft-prompt and --paths must be at least 1, --new-tokens at least 2")
+        if bool(args.llama_bench) != bool(args.gguf):
+            raise ConfigError("--llama-bench and --gguf go together")
+        for path in [args.llama_bench, args.checkpoint, *args.gguf]:
+            if path is not None and not path.exists():
+                raise ConfigError(f"{path}: no such file or directory")
         result = bench_decode(args.size, rounds=args.rounds, prompt_tokens=args.prompt_tokens,
-                              new_tokens=args.new_tokens, threads=args.threads, memory=not args.no_memory)
+                              new_tokens=args.new_tokens, threads=args.threads, memory=not args.no_memory,
+                              ttft_prompt=args.ttft_prompt, paths=args.paths, checkpoint=args.checkpoint,
+                              llama_bench=args.llama_bench, gguf=args.gguf)
     elif args.what == "compression":
         from ryot_ray.bench.compression import bench_compression, table
 
@@ -390,13 +403,29 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    from ryot_ray.machine import machine_facts
+def _check_kernel_tile(rows_per_tile: int, tokens_per_tile: int) -> None:
+    from ryot_ray.kernels.native import constants, kernels
 
+    if kernels()[0] is None:
+        return  # no native kernel: the torch paths run and the report says so
+    limits = constants()
+    if rows_per_tile not in limits.tile_rows:
+        raise ConfigError(f"--rows-per-tile must be one of {', '.join(map(str, limits.tile_rows))}")
+    if not 1 <= tokens_per_tile <= limits.max_tokens_per_tile:
+        raise ConfigError(f"--tokens-per-tile must be 1 to {limits.max_tokens_per_tile}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ryot_ray.infer.load import default_threads, engine_path
+    from ryot_ray.kernels.native import constants, kernels
     from ryot_ray.kernels.ternary import kernel_path, native_isas
+    from ryot_ray.machine import machine_facts
 
     facts = machine_facts()
     facts["ternary_kernel"] = {**vars(kernel_path()), "available_isas": native_isas()}
+    if kernels()[0] is not None:
+        facts["ternary_kernel"]["tile_rows"] = list(constants().tile_rows)
+    facts["inference_engine"] = {**vars(engine_path()), "threads": default_threads()}
     if not args.no_ray:
         from ryot_ray.cluster import cluster_resources, connect
 

@@ -125,6 +125,7 @@ class InferenceConfig:
     ffn_level: int = field(default=0, metadata=_at_least(0))  # nested FFN width: 0 full, 1 half, ...
     tile_size: int | None = field(default=None, metadata=_between(1, 8))  # 16-row groups; None: autotuned
     int8_embeddings: bool = False  # int8 embeddings and lm_head (lossy: measured by validate)
+    kv_cache: str = field(default="fp32", metadata=_choices("fp32", "fp16"))  # fp16: half the cache (lossy)
 
 
 @dataclass

@@ -11,6 +11,8 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 
 
+
+
 def train_workers(processes) -> list:
     """The Ray Train worker processes among `processes` (psutil), by their process title."""
     import psutil

@@ -89,7 +89,7 @@ def test_info_without_ray_prints_machine_facts(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["bench", "kernels", "--calls", "0"], "--calls must be at least 1"),
-    (["bench", "kernels", "--rows-per-tile", "9"], "--rows-per-tile must be 1 to 8"),
+    (["bench", "kernels", "--rows-per-tile", "3"], "--rows-per-tile must be one of 1, 2, 4, 8"),
     (["bench", "kernels", "--tokens-per-tile", "0"], "--tokens-per-tile must be 1 to 8"),
     (["bench", "decode", "--new-tokens", "1"], "--new-tokens at least 2"),
 ])

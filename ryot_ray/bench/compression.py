@@ -9,7 +9,7 @@
   sparse one keeping a quarter (and a half) of the activations, interleaved, weights
   cycled through DRAM.
 - Matryoshka decode: a frozen `1b` model with two nested widths answers the same prompt
-  at full and at half FFN width, interleaved, through the engine.
+  at full and at half FFN width, interleaved, through the native step.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from ryot_ray.config import Config, ModelConfig
 from ryot_ray.data.examples import collate, training_examples
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.infer.engine import Engine, SamplingConfig
+from ryot_ray.infer.freeze import freeze
+from ryot_ray.infer.load import engine_path, native_engine
 from ryot_ray.kernels.autotune import copies_to_fill, time_interleaved
-from ryot_ray.kernels.frozen import freeze
 from ryot_ray.kernels.pack import pack_ternary, pack_ternary_columns
 from ryot_ray.kernels.ternary import kernel_path, native_isas, native_linear, native_sparse_linear
 from ryot_ray.machine import machine_facts
 from ryot_ray.model.build import PRESETS, build_model
-from ryot_ray.model.matryoshka import use_width
 from ryot_ray.train.loop import build_optimizer
 
 MEMORY_VARIANTS = ("reference", "bitnet_none", "bitnet_int8", "bitnet_binary")
@@ -179,21 +179,21 @@ def matryoshka_decode(preset: str, rounds: int, prompt_tokens: int = 32, new_tok
     (int8 embeddings and lm_head at both widths)."""
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
-    model = freeze(build_model(ModelConfig(preset=preset, mrl_depth=2), tokenizer), int8_embeddings=True)
-    engine = Engine(model, tokenizer, max_length=prompt_tokens + new_tokens + 1)
+    frozen = freeze(build_model(ModelConfig(preset=preset, mrl_depth=2), tokenizer), tokenizer, int8_embeddings=True)
+    engine = native_engine(frozen, 1, prompt_tokens + new_tokens + 1, torch.get_num_threads())
     prompt = digit_prompt(prompt_tokens)
     levels = {"full": 0, "half": 1}
     rates: dict[str, list[float]] = {name: [] for name in levels}
     for name, level in levels.items():
-        use_width(model, level)
+        engine.use_width(level)
         _tokens_per_s(engine, prompt, 4)  # warm-up
     for round_ in range(rounds):
         for name in levels if round_ % 2 == 0 else list(levels)[::-1]:
-            use_width(model, levels[name])
+            engine.use_width(levels[name])
             rates[name].append(_tokens_per_s(engine, prompt, new_tokens))
     return {
         "preset": preset,
-        "widths": {name: model.model.layers[0].mlp.widths[level] for name, level in levels.items()},
+        "widths": {name: frozen.model["widths"][level] for name, level in levels.items()},
         "decode_tokens_per_s": {name: spread(values) for name, values in rates.items()},
         "half_vs_full": spread([h / f for h, f in zip(rates["half"], rates["full"])]),
     }
@@ -211,7 +211,8 @@ def bench_compression(config: Config, preset: str = "1b", rounds: int = 3, threa
     }
     if native_isas():
         result["sparse_down_projection"] = sparse_down_projection(preset, rounds, threads)
-    result["matryoshka_decode"] = matryoshka_decode(preset, rounds)
+    if engine_path().name == "native":
+        result["matryoshka_decode"] = matryoshka_decode(preset, rounds)
     result["machine"] = machine_facts()
     return result
 
@@ -235,6 +236,8 @@ def table(result: dict) -> str:
             ratio = sparse["speedup_vs_dense"].get(name)
             faster = f"  {ratio['median']:.2f}x dense [{ratio['min']:.2f}, {ratio['max']:.2f}]" if ratio else ""
             lines.append(f"  {name:<12}{v['median']:>9.1f} [{v['min']:.1f}, {v['max']:.1f}]{faster}")
+    if "matryoshka_decode" not in result:
+        return "\n".join(lines)
     mrl = result["matryoshka_decode"]
     rates = mrl["decode_tokens_per_s"]
     ratio = mrl["half_vs_full"]

@@ -1,68 +1,91 @@
-"""Whole-model decode, side by side: fp32 reference vs frozen ternary, and HF generate().
+"""Whole-model decode, side by side: the fp32 reference and the frozen ternary model
+through the same native step, and `transformers` `generate()` (what users run today).
 
 Speed does not depend on trained values, so the models carry random weights of the
-preset's shapes. Four variants answer the same prompt in interleaved rounds:
-- `reference`: the fp32 model through our engine;
-- `transformers`: the same fp32 model through `transformers` `generate()`;
-- `ternary`: the BitNet model frozen to packed 2-bit weights, through our engine;
-- `ternary_int8_head`: the same, with int8 embeddings and `lm_head` (lossy: its
-  accuracy effect is measured by `ryot-ray validate`, not here).
-Peak RSS is measured per variant in a fresh process, from after the model is built to
-the end of one answer. The bandwidth bound is the bytes one decode step reads (weights and KV cache) divided by
-the measured read bandwidth of this machine.
+preset's shapes (or the ternary ones come from a trained checkpoint). For each thread
+count, in interleaved rounds (the order alternates):
+- `reference`: the fp32 model frozen as fp32 rows, through the native step;
+- `transformers`: the same fp32 model through `generate()`;
+- `ternary`: the BitNet model frozen to packed 2-bit weights, fp32 embeddings and head;
+- `ternary_int8_head`: the same with int8 embeddings and `lm_head` (lossy: `validate`
+  measures its accuracy effect).
+Each answers a prompt with forced-length decoding (TTFT, tokens/s, per-token latency
+CV); TTFT is also timed at a long prompt; the native variants decode N paths of one
+problem as one batch against one path. The bandwidth bound is the bytes one decode step
+reads (weights and KV cache) over the read rate measured with the same threads, both
+cores streaming disjoint memory at once. Where the time goes comes from a separate
+instrumented pass (phase timers in the step), so it does not touch the headline figures.
+Peak RSS is measured per variant in a fresh process: the native variants answer from
+their frozen file alone (no torch in the process).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
-from ryot_ray.stats import spread
 from ryot_ray.config import ModelConfig
 from ryot_ray.data.tokenizer import build_char_tokenizer
+from ryot_ray.infer.deployed import answer_with_file
 from ryot_ray.infer.engine import Engine, SamplingConfig
-from ryot_ray.infer.speed import engine_speed, transformers_speed
-from ryot_ray.kernels.frozen import FrozenLinear, Int8Linear, freeze
-from ryot_ray.kernels.ternary import kernel_path, native_isas, read_bytes
+from ryot_ray.infer.freeze import freeze
+from ryot_ray.infer.load import engine_path, native_engine
+from ryot_ray.infer.model_file import FrozenModel
+from ryot_ray.infer.speed import engine_speed, transformers_speed, transformers_ttft
+from ryot_ray.kernels.native import native_isas
+from ryot_ray.kernels.ternary import read_bytes
 from ryot_ray.machine import machine_facts
+from ryot_ray.memory import in_fresh_process, peak_rss_mb
 from ryot_ray.model.build import build_model
+from ryot_ray.stats import spread
+from ryot_ray.train.checkpoint import load_checkpoint
 
 VARIANTS = ("reference", "transformers", "ternary", "ternary_int8_head")
+NATIVE = ("reference", "ternary", "ternary_int8_head")
 TERNARY = ("ternary", "ternary_int8_head")
+PEERS = ("reference", "transformers")
 BANDWIDTH_BYTES = 512 * 2**20
 
 
-def build_variant(variant: str, preset: str, seed: int = 0) -> nn.Module:
+def digit_prompt(tokens: int) -> str:
+    return ("0123456789 " * tokens)[: tokens - 1]  # the tokenizer adds BOS
+
+
+def frozen_variants(preset: str, checkpoint: Path | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
+    """The fp32 reference (a torch model, for generate()) and each native variant frozen."""
     tokenizer = build_char_tokenizer()
     torch.manual_seed(seed)
-    if variant in TERNARY:
-        model = build_model(ModelConfig(preset=preset, quantization="bitnet"), tokenizer)
-        return freeze(model, int8_embeddings=variant == "ternary_int8_head")
-    return build_model(ModelConfig(preset=preset, quantization="none"), tokenizer).eval()
+    reference = build_model(ModelConfig(preset=preset, quantization="none"), tokenizer).eval()
+    if checkpoint is not None:
+        bitnet, tokenizer = load_checkpoint(checkpoint)[:2]
+    else:
+        bitnet = build_model(ModelConfig(preset=preset, quantization="bitnet"), tokenizer)
+    frozen = {"reference": freeze(reference, tokenizer),
+              "ternary": freeze(bitnet, tokenizer),
+              "ternary_int8_head": freeze(bitnet, tokenizer, int8_embeddings=True)}
+    return reference, frozen
 
 
-def decode_bytes(model: nn.Module, context: int) -> int:
-    """Bytes one decode step reads: every linear weight once, plus the KV cache so far."""
-    total = 0
-    for module in model.modules():
-        if isinstance(module, FrozenLinear):
-            total += module.packed.data.nbytes
-        elif isinstance(module, Int8Linear):
-            total += module.codes.nbytes + module.scale.nbytes
-        elif isinstance(module, nn.Linear):
-            total += module.weight.nbytes
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    total += 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * context * 4
-    return total
+def decode_bytes(frozen: FrozenModel, context: int, kv_bytes: int = 4) -> int:
+    """Bytes one decode step reads: every linear weight once (and the head), the
+    embedding row, and the KV cache so far."""
+    meta, arrays = frozen.model, frozen.arrays
+    weights = sum(a.nbytes for name, a in arrays.items() if name.endswith((".data", ".scale", ".row_sums")))
+    row = arrays["embed.weight"].nbytes // meta["vocab"]
+    cache = 2 * meta["layers"] * meta["kv_heads"] * meta["head_dim"] * context * kv_bytes
+    return weights + row + cache
 
 
 def measured_bandwidth(threads: int, repeats: int = 5) -> float:
-    """Bytes per second reading a buffer far larger than the caches (median)."""
+    """Bytes per second reading a buffer far larger than the caches (median), each thread
+    streaming its own half at the same time."""
     buffer = torch.ones(BANDWIDTH_BYTES, dtype=torch.uint8)
     read_bytes(buffer, threads)
     samples = []
@@ -73,149 +96,196 @@ def measured_bandwidth(threads: int, repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
-def digit_prompt(tokens: int) -> str:
-    return ("0123456789 " * tokens)[: tokens - 1]  # the tokenizer adds BOS
+def _decode(name: str, engines: dict, reference: nn.Module, prompt: str, new_tokens: int):
+    if name == "transformers":
+        return transformers_speed(reference, build_char_tokenizer(), prompt, new_tokens)
+    return engine_speed(engines[name], prompt, new_tokens)
 
 
-def _run(variant: str, model: nn.Module, engine: Engine, prompt: str, new_tokens: int) -> tuple[float, float, list[float]]:
-    """(TTFT s, decode tokens/s, per-token seconds) for one answer."""
-    if variant == "transformers":
-        return transformers_speed(model, engine.tokenizer, prompt, new_tokens)
-    return engine_speed(engine, prompt, new_tokens)
+def _ttft(name: str, engines: dict, reference: nn.Module, prompt: str) -> float:
+    if name == "transformers":
+        return transformers_ttft(reference, build_char_tokenizer(), prompt)
+    return engines[name].generate([prompt], SamplingConfig(max_new_tokens=1, ignore_eos=True)).ttft_s
 
 
-def time_split(engine: Engine, prompt: str, new_tokens: int) -> dict:
-    """Per decode token: ms inside the linear layers (kernels) and ms outside them
-    (attention, norms, embedding and the Python around it), from one instrumented answer."""
-    inside = [0.0]
-    started: dict[int, float] = {}
-
-    def before(module, args):
-        started[id(module)] = time.perf_counter()
-
-    def after(module, args, output):
-        inside[0] += time.perf_counter() - started.pop(id(module))
-
-    linears = [m for m in engine.model.modules() if isinstance(m, (nn.Linear, FrozenLinear, Int8Linear))]
-    handles = [h for m in linears for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    try:
-        engine.generate([prompt], SamplingConfig(max_new_tokens=1, ignore_eos=True))  # warm-up
-        inside[0] = 0.0
-        engine.generate([prompt], SamplingConfig(max_new_tokens=1, ignore_eos=True))  # prefill only
-        prefill = inside[0]
-        inside[0] = 0.0
-        generation = engine.generate([prompt], SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True))
-    finally:
-        for handle in handles:
-            handle.remove()
-    steps = len(generation.decode_step_s)
-    linear_ms = 1e3 * (inside[0] - prefill) / steps
-    step_ms = 1e3 * sum(generation.decode_step_s) / steps
-    return {"linear_ms_per_token": linear_ms, "outside_linears_ms_per_token": step_ms - linear_ms}
+def path_step(engine: Engine, prompt: str, paths: int, new_tokens: int) -> float:
+    """Median seconds of a decode step of `paths` paths of one prompt, as one batch."""
+    generation = engine.generate_paths(prompt, paths, SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True))
+    return statistics.median(generation.decode_step_s)
 
 
-def _answer_once(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int) -> tuple[float, bool]:
+def time_split(engine: Engine, prompt_tokens: int, new_tokens: int) -> dict:
+    """Milliseconds per decode token in each phase of the step (thread 0's clock), from a
+    separate instrumented pass; `outside_step` is the rest of a generated token's time."""
+    step = engine.model_step
+    ids = list(range(3, 3 + prompt_tokens))
+    step.step(ids, [0] * len(ids), list(range(len(ids))), [len(ids) - 1])
+    step.profile(True)
+    started = time.perf_counter()
+    for i in range(new_tokens):
+        step.step([5], [0], [len(ids) + i], [0])
+    wall = time.perf_counter() - started
+    phases = step.profile(False)
+    split = {name: 1e3 * seconds / new_tokens for name, seconds in phases.items()}
+    split["outside_phases"] = 1e3 * wall / new_tokens - sum(split.values())
+    return split
+
+
+def _generate_once(preset: str, prompt_tokens: int, new_tokens: int, threads: int) -> dict:
+    """A fresh process running `generate()` on the fp32 reference (built here)."""
     torch.set_num_threads(threads)
-    model = build_variant(variant, preset)
-    engine = Engine(model, build_char_tokenizer(), max_length=prompt_tokens + new_tokens + 1)
-    answering_only = start_measuring()
-    _run(variant, model, engine, digit_prompt(prompt_tokens), new_tokens)
-    return peak_rss_mb(), answering_only
+    reference = frozen_variants(preset)[0]
+    transformers_speed(reference, build_char_tokenizer(), digit_prompt(prompt_tokens), new_tokens)
+    return {"peak_rss_mb": peak_rss_mb(), "scope": "whole process", "torch_imported": True}
 
 
-def peak_rss(variant: str, preset: str, prompt_tokens: int, new_tokens: int, threads: int) -> tuple[float, bool]:
-    """(peak RSS in MB, whether it covers answering only) of a fresh process that builds
-    `variant` and answers once."""
-    return in_fresh_process(_answer_once, variant, preset, prompt_tokens, new_tokens, threads,
-                            what=f"{variant} {preset} memory")
+def deployed_rss(name: str, path: Path | None, preset: str, prompt_tokens: int, new_tokens: int,
+                 threads: int) -> dict:
+    """Peak RSS of a fresh process answering once with the variant."""
+    if name == "transformers":
+        return in_fresh_process(_generate_once, preset, prompt_tokens, new_tokens, threads, what=f"{name} memory")
+    result = in_fresh_process(answer_with_file, str(path), [(digit_prompt(prompt_tokens), 1)], {}, new_tokens,
+                              prompt_tokens + new_tokens + 1, threads, True, what=f"{name} memory")
+    return {k: v for k, v in result.items() if k != "answers"}
 
 
-def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32, new_tokens: int = 32,
-                 threads: int | None = None, memory: bool = True) -> dict:
-    threads = threads or torch.get_num_threads()
+def llama_cpp(binary: Path, models: list[Path], threads: list[int], prompt_tokens: int, new_tokens: int,
+              rounds: int) -> list[dict]:
+    """llama.cpp's own benchmark (`llama-bench`) on GGUF files of the same shapes."""
+    rows = []
+    for model in models:
+        output = subprocess.run(
+            [str(binary), "-m", str(model), "-t", ",".join(map(str, threads)), "-p", str(prompt_tokens),
+             "-n", str(new_tokens), "-r", str(rounds), "-o", "json"],
+            check=True, capture_output=True, text=True).stdout
+        for test in json.loads(output):
+            kind = "prefill" if test["n_prompt"] else "decode"
+            rows.append({"model": model.name, "threads": test["n_threads"], "test": kind,
+                         "tokens_per_s": test["avg_ts"], "stdev": test.get("stddev_ts"),
+                         "type": test.get("model_type", "")})
+    return rows
+
+
+def bench_threads(threads: int, reference: nn.Module, frozen: dict, files: dict, preset: str, rounds: int,
+                  prompt_tokens: int, new_tokens: int, ttft_prompt: int, paths: int, memory: bool) -> dict:
     torch.set_num_threads(threads)
-    tokenizer = build_char_tokenizer()
-    reference = build_variant("reference", preset)
-    models = {"reference": reference, "transformers": reference}
-    models |= {name: build_variant(name, preset) for name in TERNARY}
-    engines = {name: Engine(model, tokenizer, max_length=prompt_tokens + new_tokens + 1)
-               for name, model in models.items()}
-    prompt = digit_prompt(prompt_tokens)
-    for name in VARIANTS:
-        _run(name, models[name], engines[name], prompt, 4)  # warm-up
-    ttft: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    rate: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    steps: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    max_length = max(prompt_tokens, ttft_prompt) + new_tokens + 1
+    engines = {name: native_engine(frozen[name], paths, max_length, threads) for name in NATIVE}
+    prompt, long_prompt = digit_prompt(prompt_tokens), digit_prompt(ttft_prompt)
+    for name in VARIANTS:  # warm-up
+        _decode(name, engines, reference, prompt, 4)
+    ttft, long_ttft, rate, steps = ({name: [] for name in VARIANTS} for _ in range(4))
+    one, many = {name: [] for name in NATIVE}, {name: [] for name in NATIVE}
     for round_ in range(rounds):
-        for name in VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]:
-            first, tokens_per_s, per_token = _run(name, models[name], engines[name], prompt, new_tokens)
-            ttft[name].append(first)
+        order = VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]
+        for name in order:
+            first, tokens_per_s, per_token = _decode(name, engines, reference, prompt, new_tokens)
+            ttft[name].append(1e3 * first)
             rate[name].append(tokens_per_s)
             steps[name] += per_token
+        for name in order:
+            long_ttft[name].append(1e3 * _ttft(name, engines, reference, long_prompt))
+        for name in (n for n in order if n in NATIVE):
+            one[name].append(path_step(engines[name], prompt, 1, new_tokens))
+            many[name].append(path_step(engines[name], prompt, paths, new_tokens))
     bandwidth = measured_bandwidth(threads)
     context = prompt_tokens + new_tokens // 2
-    result = {
-        "benchmark": "decode",
-        "preset": preset,
-        "threads": threads,
-        "prompt_tokens": prompt_tokens,
-        "new_tokens": new_tokens,
-        "rounds": rounds,
-        "kernel_path": vars(kernel_path()),
-        "measured_read_bandwidth_gb_s": bandwidth / 1e9,
-        "variants": {},
-    }
+    result = {"threads": threads, "measured_read_bandwidth_gb_s": bandwidth / 1e9, "variants": {}}
     for name in VARIANTS:
-        step_mean = statistics.fmean(steps[name])
-        bytes_per_token = decode_bytes(models[name], context)
+        bytes_per_token = decode_bytes(frozen["reference" if name == "transformers" else name], context)
         bound = bandwidth / bytes_per_token
-        result["variants"][name] = {
-            "ttft_ms": spread([1e3 * t for t in ttft[name]]),
+        entry = {
+            "ttft_ms": spread(ttft[name]),
+            f"ttft_ms_at_{ttft_prompt}_tokens": spread(long_ttft[name]),
             "decode_tokens_per_s": spread(rate[name]),
             # generate() gives no per-token times: its CV would only be a spread of rounds
-            "per_token_latency_cv": None if name == "transformers" else statistics.pstdev(steps[name]) / step_mean,
+            "per_token_latency_cv": (None if name == "transformers"
+                                     else statistics.pstdev(steps[name]) / statistics.fmean(steps[name])),
             "bytes_read_per_token": bytes_per_token,
             "bandwidth_bound_tokens_per_s": bound,
             "fraction_of_bound": statistics.median(rate[name]) / bound,
         }
-        if name != "transformers":
-            result["variants"][name]["time_split"] = time_split(engines[name], prompt, new_tokens)
-        if memory:
-            peak, answering_only = peak_rss(name, preset, prompt_tokens, new_tokens, threads)
-            result["variants"][name]["peak_rss_mb"] = peak
-            result["variants"][name]["peak_rss_scope"] = "answering" if answering_only else "whole process"
-    result["speedups"] = {f"{name} vs {peer}": spread([t / r for t, r in zip(rate[name], rate[peer])])
-                          for name in TERNARY for peer in ("reference", "transformers")}
+        if name in NATIVE:
+            entry[f"step_{paths}_paths_vs_1"] = spread([m / o for m, o in zip(many[name], one[name])])
+            entry["time_split_ms_per_token"] = time_split(engines[name], prompt_tokens, new_tokens)
+        result["variants"][name] = entry
+    result["speedups"] = {
+        f"{name} vs {peer}": {
+            "decode": spread([t / r for t, r in zip(rate[name], rate[peer])]),
+            f"ttft_at_{ttft_prompt}_tokens": spread([r / t for t, r in zip(long_ttft[name], long_ttft[peer])]),
+        } for name in TERNARY for peer in PEERS}
+    for engine in engines.values():
+        engine.model_step.close()
     if memory:
-        reference_rss = result["variants"]["reference"]["peak_rss_mb"]
+        for name in VARIANTS:
+            result["variants"][name]["memory"] = deployed_rss(name, files.get(name), preset, prompt_tokens,
+                                                              new_tokens, threads)
+        reference_rss = result["variants"]["reference"]["memory"]["peak_rss_mb"]
         result["rss_fraction_of_reference"] = {
-            name: result["variants"][name]["peak_rss_mb"] / reference_rss for name in TERNARY}
+            name: result["variants"][name]["memory"]["peak_rss_mb"] / reference_rss for name in TERNARY}
+    return result
+
+
+def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32, new_tokens: int = 64,
+                 threads: list[int] | None = None, memory: bool = True, ttft_prompt: int = 128, paths: int = 4,
+                 checkpoint: Path | None = None, llama_bench: Path | None = None,
+                 gguf: list[Path] = ()) -> dict:
+    if engine_path().name != "native":
+        raise RuntimeError(f"bench decode measures the native step, which cannot run here: {engine_path().reason}")
+    threads = threads or [torch.get_num_threads()]
+    reference, frozen = frozen_variants(preset, checkpoint)
+    result = {"benchmark": "decode", "preset": preset, "checkpoint": str(checkpoint) if checkpoint else None,
+              "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "ttft_prompt_tokens": ttft_prompt,
+              "paths": paths, "rounds": rounds, "engine_path": vars(engine_path()), "native_isas": native_isas(),
+              "weights": "trained checkpoint (ternary variants)" if checkpoint else "random", "by_threads": []}
+    with tempfile.TemporaryDirectory(prefix="ryot-decode-") as directory:
+        files = {}
+        if memory:
+            for name in NATIVE:
+                files[name] = Path(directory) / f"{name}.ryot"
+                frozen[name].save(files[name])
+        for count in threads:
+            result["by_threads"].append(bench_threads(count, reference, frozen, files, preset, rounds,
+                                                      prompt_tokens, new_tokens, ttft_prompt, paths, memory))
+    if llama_bench is not None:
+        result["llama_cpp"] = llama_cpp(llama_bench, list(gguf), threads, prompt_tokens, new_tokens, rounds)
     result["machine"] = machine_facts()
-    result["native_isas"] = native_isas()
     return result
 
 
 def table(result: dict) -> str:
-    lines = [f"decode, preset {result['preset']}, {result['threads']} thread(s), prompt {result['prompt_tokens']} "
-             f"tokens, {result['new_tokens']} new tokens, {result['rounds']} interleaved rounds; read bandwidth "
-             f"{result['measured_read_bandwidth_gb_s']:.1f} GB/s; ternary path {result['kernel_path']['name']} "
-             f"{result['kernel_path']['isa']}",
-             f"{'variant':<18}{'TTFT ms':>10}{'tok/s min':>11}{'median':>9}{'max':>9}{'CV':>7}"
-             f"{'bound tok/s':>13}{'of bound':>10}{'peak RSS MB':>13}"]
-    for name, v in result["variants"].items():
-        rate = v["decode_tokens_per_s"]
-        rss = f"{v['peak_rss_mb']:>13.0f}" if "peak_rss_mb" in v else f"{'-':>13}"
-        cv = f"{'-':>7}" if v["per_token_latency_cv"] is None else f"{v['per_token_latency_cv']:>7.2f}"
-        lines.append(f"{name:<18}{v['ttft_ms']['median']:>10.1f}{rate['min']:>11.1f}{rate['median']:>9.1f}"
-                     f"{rate['max']:>9.1f}{cv}{v['bandwidth_bound_tokens_per_s']:>13.1f}"
-                     f"{100 * v['fraction_of_bound']:>9.0f}%{rss}")
-    for pair, s in result["speedups"].items():
-        lines.append(f"{pair}: {s['median']:.2f}x decode tokens/s (min {s['min']:.2f}, max {s['max']:.2f})")
-    for name, v in result["variants"].items():
-        if "time_split" in v:
-            lines.append(f"{name} per decode token: {v['time_split']['linear_ms_per_token']:.2f} ms in linear "
-                         f"layers, {v['time_split']['outside_linears_ms_per_token']:.2f} ms outside them "
-                         "(attention, norms, Python)")
-    for name, fraction in result.get("rss_fraction_of_reference", {}).items():
-        lines.append(f"{name} peak RSS / reference peak RSS: {fraction:.2f}")
+    lines = [f"decode, preset {result['preset']} ({result['weights']} weights), prompt {result['prompt_tokens']} "
+             f"tokens, {result['new_tokens']} new tokens, {result['rounds']} interleaved rounds; "
+             f"{result['engine_path']['name']} step on {result['engine_path']['isa']}; "
+             f"CPU {result['machine']['cpu']['model']}"]
+    ttft_key = f"ttft_ms_at_{result['ttft_prompt_tokens']}_tokens"
+    paths_key = f"step_{result['paths']}_paths_vs_1"
+    for run in result["by_threads"]:
+        lines += ["", f"{run['threads']} thread(s), read bandwidth {run['measured_read_bandwidth_gb_s']:.1f} GB/s",
+                  f"{'variant':<18}{'TTFT ms':>9}{'TTFT@' + str(result['ttft_prompt_tokens']):>10}{'tok/s min':>11}"
+                  f"{'median':>9}{'max':>9}{'CV':>7}{'bound':>9}{'of bound':>10}{str(result['paths']) + ' paths':>9}"
+                  f"{'peak RSS MB':>13}"]
+        for name, v in run["variants"].items():
+            rate = v["decode_tokens_per_s"]
+            cv = "-" if v["per_token_latency_cv"] is None else f"{v['per_token_latency_cv']:.3f}"
+            step = f"{v[paths_key]['median']:.2f}x" if paths_key in v else "-"
+            rss = f"{v['memory']['peak_rss_mb']:.0f}" if "memory" in v else "-"
+            lines.append(f"{name:<18}{v['ttft_ms']['median']:>9.1f}{v[ttft_key]['median']:>10.1f}{rate['min']:>11.1f}"
+                         f"{rate['median']:>9.1f}{rate['max']:>9.1f}{cv:>7}{v['bandwidth_bound_tokens_per_s']:>9.1f}"
+                         f"{100 * v['fraction_of_bound']:>9.0f}%{step:>9}{rss:>13}")
+        for pair, s in run["speedups"].items():
+            decode, ttft = s["decode"], s[f"ttft_at_{result['ttft_prompt_tokens']}_tokens"]
+            lines.append(f"{pair}: {decode['median']:.2f}x decode tokens/s (min {decode['min']:.2f}, max "
+                         f"{decode['max']:.2f}); {ttft['median']:.2f}x TTFT at {result['ttft_prompt_tokens']} tokens")
+        for name, v in run["variants"].items():
+            if "time_split_ms_per_token" in v:
+                split = v["time_split_ms_per_token"]
+                lines.append(f"{name} ms per decode token: " + ", ".join(f"{k} {ms:.3f}" for k, ms in split.items()))
+        for name, fraction in run.get("rss_fraction_of_reference", {}).items():
+            lines.append(f"{name} peak RSS / reference peak RSS: {fraction:.3f}")
+    if "llama_cpp" in result:
+        lines += ["", "llama.cpp (llama-bench, same machine, run just after):"]
+        for row in result["llama_cpp"]:
+            lines.append(f"  {row['model']:<24} {row['threads']} thread(s) {row['test']:<8} "
+                         f"{row['tokens_per_s']:.1f} tokens/s")
     return "\n".join(lines)

@@ -1,25 +1,24 @@
-"""A lean generation engine for Llama-architecture models: prefill, then decode.
+"""Generation over a model step: prefill, then decode, with sampling and stop strings.
 
-It runs the decoder blocks of a `LlamaForCausalLM` itself, over a key/value cache
-allocated once, so the per-token Python work is a loop over layers and nothing else.
-It calls the model's own modules for the projections, norms and MLPs, which makes it
-one code path for the fp32 reference (nn.Linear) and the frozen ternary model
-(TernaryLinear): the only difference measured between them is the weights and kernels.
+The step is the native one (`native.NativeStep`, the whole model in one call) or, where
+the native library cannot run, the trained model's own forward (`fallback.TorchStep`).
+Either takes rows of (token, sequence slot, position) and returns the logits of the rows
+asked for, so every sequence of a batch runs at its own positions: prompts of different
+lengths need no padding, and the paths of one problem share a single prefill (its cache
+copied to every path) and then decode as one batch, reading each weight once per step.
 
-Sequences of a batch are left-padded to a common length; padding is masked out of
-attention and does not shift any sequence's rotary positions.
+Nothing here imports torch: with the native step, a process answering prompts holds the
+model file, its KV cache, numpy, `tokenizers` and Python.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+import numpy as np
+from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -36,156 +35,157 @@ class SamplingConfig:
 class Generation:
     texts: list[str]
     token_ids: list[list[int]]
-    prompt_tokens: int  # padded prompt length of the batch
+    prompt_tokens: list[int]  # per sequence
     ttft_s: float  # prefill and the first sampled token
-    decode_step_s: list[float] = field(default_factory=list)  # one entry per later token
+    decode_step_s: list[float] = field(default_factory=list)  # one entry per later step
 
     @property
     def new_tokens(self) -> int:
         return sum(len(ids) for ids in self.token_ids)
 
 
-def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A Llama RMSNorm as one torch call: HF's module runs six small ops and two dtype
-    casts, which cost more than the op itself at decode sizes."""
-    return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+class Step(Protocol):
+    slots: int
+    max_length: int
+    max_rows: int
+    widths: list[int]
+
+    def step(self, tokens, slots, positions, logit_rows) -> np.ndarray: ...
+
+    def copy_slot(self, source: int, target: int, length: int) -> None: ...
+
+    def use_width(self, level: int) -> None: ...
+
+
+class TextCodec:
+    """Text to token ids and back, with a `tokenizers` tokenizer (no transformers)."""
+
+    def __init__(self, tokenizer: Tokenizer, eos: int | None, pad: int | None):
+        self.tokenizer, self.eos_token_id, self.pad_token_id = tokenizer, eos, pad
+
+    @classmethod
+    def from_record(cls, record: dict) -> TextCodec:
+        """From a frozen model's tokenizer record."""
+        return cls(Tokenizer.from_str(record["json"]), record["eos"], record["pad"])
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids  # with the special tokens its template adds (BOS)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 class Engine:
-    def __init__(self, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
-                 max_batch: int = 1, max_length: int = 256):
-        config = model.config
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.layers = model.model.layers
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.max_batch, self.max_length = max_batch, max_length
-        shape = (len(self.layers), max_batch, self.kv_heads, max_length, self.head_dim)
-        self.keys = torch.zeros(shape)
-        self.values = torch.zeros(shape)
-        positions = torch.arange(max_length).unsqueeze(0)
-        self.cos, self.sin = model.model.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)
+    """Answers prompts with a step of `slots` sequences of up to `max_length` positions."""
 
-    @torch.no_grad()
-    def _forward(self, tokens: torch.Tensor, start: int, rope: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Logits of the last position; tokens [B, T] fill cache slots start..start+T-1.
+    def __init__(self, step: Step, codec: TextCodec):
+        self.model_step, self.codec = step, codec
 
-        `rope` [B, T] are the tokens' rotary positions; `allowed` [B, 1, T, start+T]
-        says which cache slots each token may attend to.
-        """
-        batch, length = tokens.shape
-        end = start + length
-        cos, sin = self.cos[0, rope], self.sin[0, rope]
-        # an additive mask, made once per step: a boolean one is converted in every layer
-        bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
-        hidden = self.model.model.embed_tokens(tokens)
-        for index, layer in enumerate(self.layers):
-            attention = layer.self_attn
-            x = rms_norm(layer.input_layernorm, hidden)
-            q = attention.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
-            k = attention.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attention.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            self.keys[index, :batch, :, start:end] = k
-            self.values[index, :batch, :, start:end] = v
-            out = F.scaled_dot_product_attention(
-                q, self.keys[index, :batch, :, :end], self.values[index, :batch, :, :end],
-                attn_mask=bias, enable_gqa=self.heads != self.kv_heads,
-            )
-            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
-            hidden = hidden + layer.mlp(rms_norm(layer.post_attention_layernorm, hidden))
-        return self.model.lm_head(rms_norm(self.model.model.norm, hidden[:, -1]))
+    @property
+    def max_batch(self) -> int:
+        return self.model_step.slots
 
-    def _sample(self, logits: torch.Tensor, sampling: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
-        """One token per row; each row draws from its own generator, so what a row samples
-        does not depend on the rows beside it."""
-        if sampling.temperature <= 0:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        return torch.cat([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)])
+    def use_width(self, level: int) -> None:
+        """Run the FFNs at their `level`-th nested width (0: full) from now on."""
+        self.model_step.use_width(level)
 
-    def _encode(self, prompts: list[str], batch: int, max_new_tokens: int) -> list[list[int]]:
-        if not 1 <= batch <= self.max_batch:
-            raise ValueError(f"{batch} sequences; this engine takes 1 to {self.max_batch}")
-        encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
-        width = max(len(ids) for ids in encoded)
-        if width + max_new_tokens > self.max_length:
-            raise ValueError(f"prompt ({width}) + new tokens ({max_new_tokens}) "
-                             f"exceed the cache length {self.max_length}")
+    def _encode(self, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+        if not 1 <= len(prompts) <= self.max_batch:
+            raise ValueError(f"{len(prompts)} sequences; this engine takes 1 to {self.max_batch}")
+        encoded = [self.codec.encode(p) for p in prompts]
+        longest = max(len(ids) for ids in encoded)
+        if longest + max_new_tokens > self.model_step.max_length:
+            raise ValueError(f"prompt ({longest}) + new tokens ({max_new_tokens}) "
+                             f"exceed the cache length {self.model_step.max_length}")
         return encoded
+
+    def _prefill(self, encoded: list[list[int]]) -> np.ndarray:
+        """Every prompt into its slot (in steps of at most max_rows rows); the logits of
+        each prompt's last token."""
+        rows = [(token, slot, position) for slot, ids in enumerate(encoded) for position, token in enumerate(ids)]
+        last = {sum(len(ids) for ids in encoded[: slot + 1]) - 1: slot for slot in range(len(encoded))}
+        logits = [None] * len(encoded)
+        chunk = self.model_step.max_rows
+        for start in range(0, len(rows), chunk):
+            part = rows[start: start + chunk]
+            wanted = [i for i in range(len(part)) if start + i in last]
+            tokens, slots, positions = zip(*part)
+            out = self.model_step.step(tokens, slots, positions, wanted)
+            for row, index in zip(out, wanted):
+                logits[last[start + index]] = row
+        return np.stack(logits)
 
     def generate(self, prompts: list[str], sampling: SamplingConfig = SamplingConfig()) -> Generation:
         """Answer a batch of prompts; row i samples with seed `sampling.seed + i`."""
-        encoded = self._encode(prompts, len(prompts), sampling.max_new_tokens)
-        width = max(len(ids) for ids in encoded)
-        pad = torch.tensor([width - len(ids) for ids in encoded])
-        tokens = torch.tensor([[self.tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in encoded])
-        slots = torch.arange(self.max_length)
-        real = slots.unsqueeze(0) >= pad.unsqueeze(1)  # [B, slots]: not padding
-        causal = slots.unsqueeze(0) <= slots[:width].unsqueeze(1)  # [T, slots]
-        # a padding position attends to itself only: no query row is fully masked, so
-        # padding never carries NaN into the cache, whatever the attention kernel does
-        itself = torch.eye(width, self.max_length, dtype=torch.bool)
-        allowed = ((causal.unsqueeze(0) & real.unsqueeze(1)) | itself)[:, None, :, :width]
-        rope = (torch.arange(width).unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
+        encoded = self._encode(prompts, sampling.max_new_tokens)
         begin = time.perf_counter()
-        logits = self._forward(tokens, 0, rope, allowed)
-        return self._decode(logits, pad, width, sampling, begin)
+        logits = self._prefill(encoded)
+        return self._decode(logits, [len(ids) for ids in encoded], sampling, begin)
 
     def generate_paths(self, prompt: str, paths: int, sampling: SamplingConfig) -> Generation:
-        """`paths` answers to one prompt, decoded as one batch over a single prefill: the
-        prompt's key/value cache is computed once and copied to every path. Path i
-        samples with seed `sampling.seed + i`, as row i of `generate` would."""
-        (ids,) = self._encode([prompt], paths, sampling.max_new_tokens)
-        width = len(ids)
-        causal = torch.ones(width, width, dtype=torch.bool).tril()[None, None]
+        """`paths` answers to one prompt over a single prefill: the prompt's cache is
+        copied to every path. Path i samples with seed `sampling.seed + i`, as row i of
+        `generate` would."""
+        (ids,) = self._encode([prompt], sampling.max_new_tokens)
+        if not 1 <= paths <= self.max_batch:
+            raise ValueError(f"{paths} paths; this engine takes 1 to {self.max_batch}")
         begin = time.perf_counter()
-        logits = self._forward(torch.tensor([ids]), 0, torch.arange(width)[None], causal)
-        self.keys[:, 1:paths, :, :width] = self.keys[:, :1, :, :width]
-        self.values[:, 1:paths, :, :width] = self.values[:, :1, :, :width]
-        return self._decode(logits.expand(paths, -1), torch.zeros(paths, dtype=torch.long), width, sampling, begin)
+        logits = self._prefill([ids])
+        for slot in range(1, paths):
+            self.model_step.copy_slot(0, slot, len(ids))
+        return self._decode(np.repeat(logits, paths, axis=0), [len(ids)] * paths, sampling, begin)
 
-    def _decode(self, logits: torch.Tensor, pad: torch.Tensor, width: int, sampling: SamplingConfig,
-                begin: float) -> Generation:
-        """Sample from the prefill's `logits`, then decode every row until it stops."""
-        batch = len(pad)
-        generators = [torch.Generator().manual_seed(sampling.seed + row) for row in range(batch)]
-        next_token = self._sample(logits, sampling, generators)
+    def _decode(self, logits: np.ndarray, lengths: list[int], sampling: SamplingConfig, begin: float) -> Generation:
+        """Sample from the prefill's logits, then decode every sequence until it stops."""
+        batch = len(lengths)
+        generators = [np.random.default_rng(sampling.seed + row) for row in range(batch)]
+        next_tokens = sample(logits, sampling, generators)
         ttft = time.perf_counter() - begin
-        real = torch.arange(self.max_length).unsqueeze(0) >= pad.unsqueeze(1)
-        outputs = [[] for _ in range(batch)]
-        done = torch.zeros(batch, dtype=torch.bool)
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        active = list(range(batch))
         steps = []
         for step in range(sampling.max_new_tokens):
-            for row in range(batch):
-                if not done[row]:
-                    outputs[row].append(int(next_token[row]))
-            if not sampling.ignore_eos:
-                done |= next_token == self.tokenizer.eos_token_id
-            done |= torch.tensor([self._stopped(ids, sampling.stop) for ids in outputs])
-            if bool(done.all()) or step + 1 == sampling.max_new_tokens:
+            for row, token in zip(active, next_tokens):
+                outputs[row].append(int(token))
+            active = [row for row in active if not self._finished(outputs[row], sampling)]
+            if not active or step + 1 == sampling.max_new_tokens:
                 break
-            begin = time.perf_counter()
-            position = width + step
-            allowed = real[:, None, None, : position + 1]
-            rope = (position - pad).unsqueeze(1)
-            logits = self._forward(next_token.unsqueeze(1), position, rope, allowed)
-            next_token = self._sample(logits, sampling, generators)
-            steps.append(time.perf_counter() - begin)
+            started = time.perf_counter()
+            tokens = [outputs[row][-1] for row in active]
+            positions = [lengths[row] + len(outputs[row]) - 1 for row in active]
+            logits = self.model_step.step(tokens, active, positions, list(range(len(active))))
+            next_tokens = sample(logits, sampling, [generators[row] for row in active])
+            steps.append(time.perf_counter() - started)
         texts = [self._text(ids, sampling.stop) for ids in outputs]
-        return Generation(texts, outputs, width, ttft, steps)
+        return Generation(texts, outputs, lengths, ttft, steps)
 
-    def _stopped(self, ids: list[int], stop: tuple[str, ...]) -> bool:
-        return bool(stop) and any(s in self.tokenizer.decode(ids, skip_special_tokens=True) for s in stop)
+    def _finished(self, ids: list[int], sampling: SamplingConfig) -> bool:
+        if not sampling.ignore_eos and ids[-1] == self.codec.eos_token_id:
+            return True
+        return bool(sampling.stop) and any(s in self.codec.decode(ids) for s in sampling.stop)
 
     def _text(self, ids: list[int], stop: tuple[str, ...]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = self.codec.decode(ids)
         cuts = [text.index(s) for s in stop if s in text]
         return text[: min(cuts)] if cuts else text
+
+
+def sample(logits: np.ndarray, sampling: SamplingConfig, generators: list[np.random.Generator]) -> np.ndarray:
+    """One token per row; each row draws from its own generator, so what a row samples
+    does not depend on the rows beside it."""
+    if sampling.temperature <= 0:
+        return logits.argmax(axis=-1)
+    scaled = logits.astype(np.float64) / sampling.temperature
+    probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    tokens = []
+    for row, generator in zip(probs, generators):
+        if sampling.top_p < 1.0:
+            order = np.argsort(-row, kind="stable")
+            sorted_probs = row[order]
+            outside = np.cumsum(sorted_probs) - sorted_probs > sampling.top_p
+            row = np.zeros_like(row)
+            row[order[~outside]] = sorted_probs[~outside]
+            row /= row.sum()
+        tokens.append(generator.choice(len(row), p=row))
+    return np.asarray(tokens)

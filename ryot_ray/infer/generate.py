@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 from ryot_ray.config import ConfigError, InferenceConfig
-from ryot_ray.infer.engine import Engine
+from ryot_ray.infer.engines import optimized_engine
 from ryot_ray.infer.reasoning import answer
-from ryot_ray.kernels.frozen import freeze
-from ryot_ray.model.matryoshka import use_width
 from ryot_ray.train.checkpoint import load_checkpoint
 
 DIFFICULTY = 1  # a user's prompt has no known difficulty: the smallest path budget
@@ -38,11 +36,10 @@ def read_prompts(path: Path) -> list[str]:
 def answer_prompts(checkpoint: Path, inference: InferenceConfig, prompts: list[str],
                    max_new_tokens: int) -> list[dict]:
     model, tokenizer, config, _ = load_checkpoint(checkpoint)
-    if config.model.quantization == "bitnet":
-        model = freeze(model, rows_per_tile=inference.tile_size, int8_embeddings=inference.int8_embeddings)
-        use_width(model, inference.ffn_level)
+    config.inference = inference
     longest = max(len(tokenizer(p)["input_ids"]) for p in prompts)
-    engine = Engine(model, tokenizer, max(inference.rlvr_paths, inference.path_window), longest + max_new_tokens + 1)
+    engine = optimized_engine(model, tokenizer, config, True, max(inference.rlvr_paths, inference.path_window),
+                              longest + max_new_tokens + 1, checkpoint)
     records = []
     for index, prompt in enumerate(prompts):
         result = answer(engine, prompt, DIFFICULTY, inference, max_new_tokens, seed=index)

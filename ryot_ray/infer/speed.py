@@ -19,14 +19,21 @@ def engine_speed(engine: Engine, prompt: str, new_tokens: int) -> tuple[float, f
 
 
 @torch.no_grad()
+def transformers_ttft(model: nn.Module, tokenizer, prompt: str) -> float:
+    """Seconds for `generate()` to answer one token."""
+    ids = tokenizer(prompt, return_tensors="pt")
+    start = time.perf_counter()
+    model.generate(**ids, max_new_tokens=1, min_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
 def transformers_speed(model: nn.Module, tokenizer, prompt: str, new_tokens: int) -> tuple[float, float, list[float]]:
     """The same through `generate()`: TTFT from a one-token call, the decode rate from
     the difference to a `new_tokens` call (generate() gives no per-token times)."""
     ids = tokenizer(prompt, return_tensors="pt")
     kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    start = time.perf_counter()
-    model.generate(**ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-    ttft = time.perf_counter() - start
+    ttft = transformers_ttft(model, tokenizer, prompt)
     start = time.perf_counter()
     model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
     per_token = (time.perf_counter() - start - ttft) / (new_tokens - 1)

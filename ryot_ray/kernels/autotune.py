@@ -19,22 +19,23 @@ from pathlib import Path
 
 import torch
 
+from ryot_ray.kernels.native import constants
 from ryot_ray.kernels.pack import pack_ternary
 from ryot_ray.kernels.ternary import native_linear
 from ryot_ray.machine import cpu_facts
-from ryot_ray.train.checkpoint import write_json_atomic
+from ryot_ray.atomic import write_json_atomic
 
-ROWS_PER_TILE = (1, 2, 4, 8)
-TOKENS_PER_TILE = (2, 4, 8)
 DEFAULT_TILE = {"rows_per_tile": 2, "tokens_per_tile": 8}
 PREFILL_TOKENS = 128
 MAX_COPIES = 1024
-MAX_ACCUMULATORS = 16  # rows per tile x tokens per tile the kernel keeps in registers
 
 
 def tokens_for(rows_per_tile: int) -> list[int]:
-    """Tokens-per-tile candidates the kernel really runs with this many rows per tile."""
-    return [t for t in TOKENS_PER_TILE if t * rows_per_tile <= MAX_ACCUMULATORS]
+    """Tokens-per-tile candidates (powers of two from 2) the kernel really runs with this
+    many rows per tile: their accumulators fit the registers."""
+    limits = constants()
+    candidates = [2 ** i for i in range(1, limits.max_tokens_per_tile.bit_length())]
+    return [t for t in candidates if t <= limits.max_tokens_per_tile and t * rows_per_tile <= limits.max_accumulators]
 
 
 def copies_to_fill(bytes_each: int, cycle_bytes: int) -> int:
@@ -94,13 +95,14 @@ def autotune_shape(k: int, n: int, rounds: int = 5, calls: int = 5, cycle_bytes:
                    seed: int = 0) -> dict:
     codes = torch.randint(-1, 2, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(seed))
     copies = {}
-    for rows in ROWS_PER_TILE:
+    choices = constants().tile_rows
+    for rows in choices:
         one = pack_ternary(codes, 0.02, rows)
         count = copies_to_fill(one.data.nbytes, cycle_bytes)
         copies[rows] = [one] + [pack_ternary(codes, 0.02, rows) for _ in range(count - 1)]
-    decode = _fastest({f"rows={r}": (copies[r], lambda x, w: native_linear(x, w, 1)) for r in ROWS_PER_TILE},
-                    torch.randn(1, k), rounds, calls, seed)
-    rows = min(ROWS_PER_TILE, key=lambda r: decode[f"rows={r}"])
+    decode = _fastest({f"rows={r}": (copies[r], lambda x, w: native_linear(x, w, 1)) for r in choices},
+                      torch.randn(1, k), rounds, calls, seed)
+    rows = min(choices, key=lambda r: decode[f"rows={r}"])
     prefill = _fastest({f"tokens={t}": (copies[rows][:2], lambda x, w, t=t: native_linear(x, w, t))
                         for t in tokens_for(rows)}, torch.randn(PREFILL_TOKENS, k), rounds, 1, seed)
     tokens = min(tokens_for(rows), key=lambda t: prefill[f"tokens={t}"])

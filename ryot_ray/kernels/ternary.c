@@ -21,17 +21,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define RYOT_X86 1
 #endif
 
-enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVXVNNI = 2, ISA_AVX512VNNI = 3 };
-#define MAX_MR 8
-#define MAX_NR 8
-#ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 4096
-#endif
+enum { ISA_SCALAR = RYOT_ISA_SCALAR, ISA_AVX2 = RYOT_ISA_AVX2, ISA_AVXVNNI = RYOT_ISA_AVXVNNI,
+       ISA_AVX512VNNI = RYOT_ISA_AVX512VNNI };
+#define MAX_MR RYOT_MAX_MR
+#define MAX_NR RYOT_MAX_NR
+#define PREFETCH_BYTES RYOT_PREFETCH_BYTES
+#define COLUMN_BLOCK RYOT_COLUMN_BLOCK
+#define COLUMN_GROUP RYOT_COLUMN_GROUP
+
+const int32_t ryot_group = RYOT_GROUP, ryot_max_nr = RYOT_MAX_NR, ryot_max_mr = RYOT_MAX_MR,
+              ryot_max_accumulators = RYOT_MAX_ACCUMULATORS, ryot_column_block = RYOT_COLUMN_BLOCK,
+              ryot_int8_rows = RYOT_INT8_ROWS, ryot_int8_k = RYOT_INT8_K, ryot_tile_choices = RYOT_TILE_CHOICES,
+              ryot_tile_rows[RYOT_TILE_CHOICES] = RYOT_TILE_ROWS;
+const float ryot_quant_eps = RYOT_QUANT_EPS;
 
 int ryot_isa_supported(int isa) {
     if (isa == ISA_SCALAR) return 1;
@@ -57,7 +66,7 @@ int ryot_best_isa(void) {
 static void quantize_row_portable(const float *row, int64_t k, int8_t *out, float *scale, int32_t *sum) {
     float amax = 0.0f;
     for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(row[i]));
-    const float s = 127.0f / fmaxf(amax, 1e-5f);
+    const float s = 127.0f / fmaxf(amax, RYOT_QUANT_EPS);
     int32_t total = 0;
     for (int64_t i = 0; i < k; i++) {
         float q = rintf(row[i] * s); /* the default rounding mode: ties to even */
@@ -77,7 +86,7 @@ quantize_row_avx512(const float *row, int64_t k, int8_t *out, float *scale, int3
     for (; i + 16 <= k; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
     float top = _mm512_reduce_max_ps(amax);
     for (; i < k; i++) top = fmaxf(top, fabsf(row[i]));
-    const float s = 127.0f / fmaxf(top, 1e-5f);
+    const float s = 127.0f / fmaxf(top, RYOT_QUANT_EPS);
     const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
     __m512i total = _mm512_setzero_si512();
     for (i = 0; i + 16 <= k; i += 16) {
@@ -98,27 +107,28 @@ quantize_row_avx512(const float *row, int64_t k, int8_t *out, float *scale, int3
 }
 #endif
 
-void ryot_quantize(const float *x, int64_t m_rows, int64_t k, int64_t k_padded,
-                   int8_t *xq, float *scale, int32_t *sums) {
+void ryot_quantize_row(const float *row, int64_t k, int64_t k_padded, int8_t *out, float *scale, int32_t *sum) {
 #ifdef RYOT_X86
-    const int wide = __builtin_cpu_supports("avx512bw");
+    if (__builtin_cpu_supports("avx512bw")) quantize_row_avx512(row, k, out, scale, sum);
+    else
 #endif
-    for (int64_t m = 0; m < m_rows; m++) {
-        int8_t *out = xq + m * k_padded;
-#ifdef RYOT_X86
-        if (wide) quantize_row_avx512(x + m * k, k, out, scale + m, sums + m);
-        else
-#endif
-            quantize_row_portable(x + m * k, k, out, scale + m, sums + m);
-        memset(out + k, 0, (size_t)(k_padded - k));
-    }
+        quantize_row_portable(row, k, out, scale, sum);
+    memset(out + k, 0, (size_t)(k_padded - k));
+}
+
+static void quantize_rows(const float *x, int64_t m_rows, int64_t k, int64_t k_padded, int8_t *xq, float *scale,
+                          int32_t *sums) {
+    for (int64_t m = 0; m < m_rows; m++) ryot_quantize_row(x + m * k, k, k_padded, xq + m * k_padded, scale + m, sums + m);
 }
 
 /* ---- portable scalar path ------------------------------------------------------ */
+/* Every tile kernel stores the sums of its mr rows x 16 nr outputs into acc (it does not
+ * add to what acc holds). */
 static void tile_scalar(const int8_t *xq, int64_t k_padded, int64_t mr, const uint8_t *w,
                         int64_t nr, int64_t stride, int32_t acc[MAX_MR][MAX_NR * 16]) {
     (void)stride;
     int64_t kblocks = k_padded / 16;
+    for (int64_t m = 0; m < mr; m++) memset(acc[m], 0, sizeof(int32_t) * (size_t)(16 * nr));
     for (int64_t kb = 0; kb < kblocks; kb++) {
         for (int64_t g = 0; g < nr; g++) {
             const uint8_t *block = w + (kb * nr + g) * 64;
@@ -342,37 +352,39 @@ static tile_fn tile_for(int isa) {
     return tile_scalar;
 }
 
+int64_t ryot_unpack_bytes(int64_t k_padded, int64_t nr) { return k_padded / 16 * nr * 64 * 4; }
+
+void ryot_ternary_tiles(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *packed,
+                        int64_t tile_bytes, int64_t nr, int64_t mr, int64_t first, int64_t last, int isa,
+                        uint8_t *scratch, int32_t *acc, int64_t acc_stride) {
+    if (mr * nr > RYOT_MAX_ACCUMULATORS) mr = RYOT_MAX_ACCUMULATORS / nr; /* same result, in registers */
+    if (mr < 1) mr = 1;
+    const tile_fn tile = tile_for(isa);
+    for (int64_t t = first; t < last; t++) {
+        const uint8_t *w = packed + t * tile_bytes;
 #ifdef RYOT_X86
-/* Prefill: each thread unpacks a tile once, then runs every token block over it. */
-static int accumulate_prefill(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *packed,
-                              int64_t tiles, int64_t tile_bytes, int64_t nr, int64_t mr, int threads,
-                              int32_t *acc, int64_t n_padded) {
-    int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(| : failed)
-    {
-        uint8_t *codes = malloc((size_t)(k_padded / 16 * nr * 64 * 4));
-        if (!codes) failed = 1;
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tiles; t++) {
-            if (!codes) continue;
-            unpack_tile_avx512(packed + t * tile_bytes, k_padded / 16, nr, codes);
-            for (int64_t m0 = 0; m0 < m_rows; m0 += mr) {
-                int64_t rows = m_rows - m0 < mr ? m_rows - m0 : mr;
-                int32_t *y = acc + m0 * n_padded + t * 16 * nr;
-                if (!tile_unpacked(xq + m0 * k_padded, k_padded, rows, codes, nr, y, n_padded)) {
-                    int32_t local[MAX_MR][MAX_NR * 16];
-                    memset(local, 0, sizeof(local));
-                    tile_avx512(xq + m0 * k_padded, k_padded, rows, packed + t * tile_bytes, nr, tile_bytes, local);
-                    for (int64_t m = 0; m < rows; m++)
-                        memcpy(y + m * n_padded, local[m], sizeof(int32_t) * 16 * nr);
-                }
-            }
-        }
-        free(codes);
-    }
-    return failed ? -3 : 0;
-}
+        /* prefill: unpack the tile once, then run every block of tokens over it */
+        const int unpack = isa == ISA_AVX512VNNI && m_rows >= RYOT_UNPACK_MIN_TOKENS && scratch;
+        if (unpack) unpack_tile_avx512(w, k_padded / 16, nr, scratch);
+#else
+        const int unpack = 0;
 #endif
+        for (int64_t m0 = 0; m0 < m_rows; m0 += mr) {
+            const int64_t rows = m_rows - m0 < mr ? m_rows - m0 : mr;
+            int32_t *y = acc + m0 * acc_stride + t * 16 * nr;
+#ifdef RYOT_X86
+            if (unpack && tile_unpacked(xq + m0 * k_padded, k_padded, rows, scratch, nr, y, acc_stride)) continue;
+#endif
+            if (rows == 1) { /* one token: the kernel's first row is the output itself */
+                tile(xq + m0 * k_padded, k_padded, 1, w, nr, tile_bytes, (int32_t(*)[MAX_NR * 16])y);
+                continue;
+            }
+            int32_t local[MAX_MR][MAX_NR * 16];
+            tile(xq + m0 * k_padded, k_padded, rows, w, nr, tile_bytes, local);
+            for (int64_t m = 0; m < rows; m++) memcpy(y + m * acc_stride, local[m], sizeof(int32_t) * 16 * nr);
+        }
+    }
+}
 
 /* Integer accumulators sum_k code * xq for every token and row: the exact core, exposed
  * for tests. acc has m_rows x n_padded entries. Only the first k_padded columns of a
@@ -382,43 +394,31 @@ int ryot_ternary_accumulate(const int8_t *xq, int64_t m_rows, int64_t k_padded,
                             const uint8_t *packed, int64_t packed_k_padded, int64_t n_padded,
                             int64_t nr, int64_t mr, int isa, int threads, int32_t *acc) {
     if (nr < 1 || nr > MAX_NR || mr < 1 || mr > MAX_MR || k_padded % 16 || packed_k_padded % 16 ||
-        k_padded > packed_k_padded || n_padded % (16 * nr))
+        k_padded > packed_k_padded || n_padded % (16 * nr) || threads < 1)
         return -1;
     if (!ryot_isa_supported(isa)) return -2;
-    if (mr * nr > 16) mr = 16 / nr; /* keep the accumulators in registers: same result, faster */
-    tile_fn tile = tile_for(isa);
     const int64_t tiles = n_padded / (16 * nr);
     const int64_t tile_bytes = (packed_k_padded / 16) * nr * 64;
-    const int64_t mblocks = (m_rows + mr - 1) / mr;
-#ifdef RYOT_X86
-    if (isa == ISA_AVX512VNNI && m_rows > 1) return accumulate_prefill(xq, m_rows, k_padded, packed, tiles, tile_bytes, nr, mr, threads, acc, n_padded);
-#endif
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
-    for (int64_t t = 0; t < tiles; t++) {
-        for (int64_t mb = 0; mb < mblocks; mb++) {
-            int32_t local[MAX_MR][MAX_NR * 16];
-            memset(local, 0, sizeof(local));
-            int64_t m0 = mb * mr, rows = m_rows - m0 < mr ? m_rows - m0 : mr;
-            tile(xq + m0 * k_padded, k_padded, rows, packed + t * tile_bytes, nr, tile_bytes, local);
-            for (int64_t m = 0; m < rows; m++)
-                memcpy(acc + (m0 + m) * n_padded + t * 16 * nr, local[m], sizeof(int32_t) * 16 * nr);
-        }
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        const int64_t count = omp_get_num_threads(), me = omp_get_thread_num();
+        uint8_t *scratch = malloc((size_t)ryot_unpack_bytes(k_padded, nr));
+        if (scratch)
+            ryot_ternary_tiles(xq, m_rows, k_padded, packed, tile_bytes, nr, mr, tiles * me / count,
+                               tiles * (me + 1) / count, isa, scratch, acc, n_padded);
+        else
+            failed = 1;
+        free(scratch);
     }
-    return 0;
+    return failed ? -3 : 0;
 }
 
-/* RMSNorm of each row (the layer's SubLN), in the order torch computes it:
+/* RMSNorm of each row (the layer's SubLN), as torch computes it:
  * x * rsqrt(mean(x^2) + eps) * weight. */
 static void rms_norm_rows(const float *x, int64_t m_rows, int64_t k, const float *weight, float eps,
                           float *out) {
-    for (int64_t m = 0; m < m_rows; m++) {
-        const float *row = x + m * k;
-        float *dst = out + m * k;
-        float squares = 0.0f;
-        for (int64_t i = 0; i < k; i++) squares += row[i] * row[i];
-        const float inv = 1.0f / sqrtf(squares / (float)k + eps);
-        for (int64_t i = 0; i < k; i++) dst[i] = row[i] * inv * weight[i];
-    }
+    for (int64_t m = 0; m < m_rows; m++) ryot_rms_norm(x + m * k, k, weight, eps, out + m * k, ryot_best_isa());
 }
 
 /* y[m, n] for n < n_out: RMSNorm (when norm_weight is given), quantize, accumulate,
@@ -439,7 +439,7 @@ int ryot_ternary_linear(const float *x, int64_t m_rows, int64_t k, const uint8_t
             rms_norm_rows(x, m_rows, k, norm_weight, norm_eps, normed);
             x = normed;
         }
-        ryot_quantize(x, m_rows, k, k_padded, xq, scale, sums);
+        quantize_rows(x, m_rows, k, k_padded, xq, scale, sums);
         status = ryot_ternary_accumulate(xq, m_rows, k_padded, packed, packed_k_padded, n_padded, nr,
                                          mr, isa, threads, acc);
         for (int64_t m = 0; status == 0 && m < m_rows; m++) {
@@ -493,8 +493,6 @@ uint64_t ryot_read_bytes(const uint8_t *data, int64_t bytes, int threads) {
  * at a time, while it asks memory for the same rows of the next group's columns, a few
  * lines per four columns summed (measured faster than asking for whole columns in a
  * burst, or for the next block of the same columns). */
-#define COLUMN_BLOCK 256
-#define COLUMN_GROUP 16 /* kept columns; 8 to 16 measured best */
 
 /* acc[r] += sum over kept i < keep (a multiple of 4) of code[r, index[i]] * xq[i] for the
  * 256 rows r of a block; `lines` is the block's 64 bytes in column 0, columns are
@@ -612,60 +610,54 @@ static column_block_fn column_block_for(int isa) {
     return column_block_scalar;
 }
 
-/* part[n] = sum over kept i in [first, last) of code[n, index[i]] * xq[i], for all rows. */
-static void column_range(column_block_fn block, const int8_t *xq, const int32_t *index, int64_t first,
-                         int64_t last, const uint8_t *columns, int64_t n_padded, int32_t *part) {
+void ryot_column_blocks(const int8_t *xq, const int32_t *index, int64_t keep4, const uint8_t *columns,
+                        int64_t n_padded, int64_t block0, int64_t block1, int isa, int32_t *acc) {
+    const column_block_fn block = column_block_for(isa);
     const int64_t column_bytes = n_padded / 4;
-    memset(part, 0, sizeof(int32_t) * (size_t)n_padded);
-    for (int64_t group = first; group < last; group += COLUMN_GROUP) {
-        const int64_t end = group + COLUMN_GROUP < last ? group + COLUMN_GROUP : last;
-        const int64_t n_next = last - end < COLUMN_GROUP ? last - end : COLUMN_GROUP;
-        for (int64_t b = 0; b < n_padded / COLUMN_BLOCK; b++)
+    memset(acc + block0 * COLUMN_BLOCK, 0, sizeof(int32_t) * (size_t)((block1 - block0) * COLUMN_BLOCK));
+    for (int64_t group = 0; group < keep4; group += COLUMN_GROUP) {
+        const int64_t end = group + COLUMN_GROUP < keep4 ? group + COLUMN_GROUP : keep4;
+        const int64_t n_next = keep4 - end < COLUMN_GROUP ? keep4 - end : COLUMN_GROUP;
+        for (int64_t b = block0; b < block1; b++)
             block(xq + group, index + group, end - group, index + end, n_next, columns + b * (COLUMN_BLOCK / 4),
-                  column_bytes, part + b * COLUMN_BLOCK);
+                  column_bytes, acc + b * COLUMN_BLOCK);
     }
 }
 
 /* Integer accumulators sum_i w[n, index[i]] * xq[i] for each token (keep entries a token),
- * the exact core of the sparse path, exposed for tests. acc has m_rows x n_padded entries. */
+ * the exact core of the sparse path, exposed for tests. acc has m_rows x n_padded
+ * entries; threads split the row blocks. */
 int ryot_sparse_accumulate(const int8_t *xq, const int32_t *index, int64_t m_rows, int64_t keep,
                            const uint8_t *columns, int64_t n_padded, int isa, int threads, int32_t *acc) {
     if (keep < 0 || keep >= 1 << 17 || n_padded % COLUMN_BLOCK || threads < 1) return -1;
     if (!ryot_isa_supported(isa)) return -2;
-    column_block_fn block = column_block_for(isa);
-    const int64_t keep4 = (keep + 3) / 4 * 4;
+    const int64_t keep4 = (keep + 3) / 4 * 4, blocks = n_padded / COLUMN_BLOCK;
     int8_t *xq4 = calloc((size_t)(m_rows * keep4), 1); /* padding: activation 0 on column 0 */
     int32_t *index4 = calloc((size_t)(m_rows * keep4), sizeof(int32_t));
-    int32_t *parts = malloc(sizeof(int32_t) * (size_t)(threads * n_padded));
-    int status = -3;
-    if (xq4 && index4 && parts) {
-        for (int64_t m = 0; m < m_rows; m++) {
-            memcpy(xq4 + m * keep4, xq + m * keep, (size_t)keep);
-            memcpy(index4 + m * keep4, index + m * keep, sizeof(int32_t) * (size_t)keep);
-        }
+    if (!xq4 || !index4) {
+        free(xq4);
+        free(index4);
+        return -3;
+    }
+    for (int64_t m = 0; m < m_rows; m++) {
+        memcpy(xq4 + m * keep4, xq + m * keep, (size_t)keep);
+        memcpy(index4 + m * keep4, index + m * keep, sizeof(int32_t) * (size_t)keep);
+    }
 #pragma omp parallel num_threads(threads)
-        {
-            const int64_t count = omp_get_num_threads(), me = omp_get_thread_num(), quads = keep4 / 4;
-            const int64_t n0 = n_padded * me / count, n1 = n_padded * (me + 1) / count;
-            for (int64_t m = 0; m < m_rows; m++) {
-                column_range(block, xq4 + m * keep4, index4 + m * keep4, quads * me / count * 4,
-                             quads * (me + 1) / count * 4, columns, n_padded, parts + me * n_padded);
-                int32_t total = 0; /* the codes are w + 1 */
-                for (int64_t i = 0; i < keep; i++) total += xq[m * keep + i];
-                int32_t *out = acc + m * n_padded;
-                for (int64_t n = n0; n < n1; n++) out[n] = -total;
-#pragma omp barrier
-                for (int64_t t = 0; t < count; t++) /* each thread sums its share of the rows */
-                    for (int64_t n = n0; n < n1; n++) out[n] += parts[t * n_padded + n];
-#pragma omp barrier
-            }
+    {
+        const int64_t count = omp_get_num_threads(), me = omp_get_thread_num();
+        const int64_t b0 = blocks * me / count, b1 = blocks * (me + 1) / count;
+        for (int64_t m = 0; m < m_rows; m++) {
+            int32_t *out = acc + m * n_padded;
+            ryot_column_blocks(xq4 + m * keep4, index4 + m * keep4, keep4, columns, n_padded, b0, b1, isa, out);
+            int32_t total = 0; /* the codes are w + 1 */
+            for (int64_t i = 0; i < keep; i++) total += xq[m * keep + i];
+            for (int64_t n = b0 * COLUMN_BLOCK; n < b1 * COLUMN_BLOCK; n++) out[n] -= total;
         }
-        status = 0;
     }
     free(xq4);
     free(index4);
-    free(parts);
-    return status;
+    return 0;
 }
 
 /* ---- top-k selection -------------------------------------------------------------
@@ -724,20 +716,16 @@ at_least_avx512(const uint32_t *keys, int64_t n, uint32_t threshold, int32_t *ou
 }
 #endif
 
-/* Writes to `index`, ascending, the `keep` (< k) entries of row[0, k) largest in
- * magnitude; among equal magnitudes the lower index is kept, so the choice is
- * deterministic. keys, work and taken hold k words each. */
-static void select_top(const float *row, int64_t k, int64_t keep, uint32_t *keys, uint32_t *work,
-                       int32_t *taken, int32_t *index, int wide) {
+void ryot_select_top(const float *row, int64_t k, int64_t keep, uint32_t *words, int32_t *index) {
+    uint32_t *keys = words, *work = words + k;
+    int32_t *taken = (int32_t *)(words + 2 * k);
     int64_t (*in_range)(const uint32_t *, int64_t, uint32_t, uint32_t, uint32_t *) = in_range_portable;
     int64_t (*at_least)(const uint32_t *, int64_t, uint32_t, int32_t *) = at_least_portable;
 #ifdef RYOT_X86
-    if (wide) {
+    if (__builtin_cpu_supports("avx512f")) {
         in_range = in_range_avx512;
         at_least = at_least_avx512;
     }
-#else
-    (void)wide;
 #endif
     for (int64_t i = 0; i < k; i++) {
         memcpy(&keys[i], &row[i], sizeof(uint32_t));
@@ -783,11 +771,6 @@ static void select_top(const float *row, int64_t k, int64_t keep, uint32_t *keys
 int ryot_sparse_quantize(const float *x, int64_t m_rows, int64_t k, int64_t keep, const float *norm_weight,
                          float norm_eps, int32_t *index, int8_t *xq, float *scale) {
     if (keep < 1 || keep > k) return -1;
-#ifdef RYOT_X86
-    const int wide = __builtin_cpu_supports("avx512f");
-#else
-    const int wide = 0;
-#endif
     float *normed = norm_weight ? malloc(sizeof(float) * (size_t)(m_rows * k)) : NULL;
     uint32_t *words = malloc(sizeof(uint32_t) * 3 * (size_t)k);
     int8_t *codes = malloc((size_t)k);
@@ -797,16 +780,14 @@ int ryot_sparse_quantize(const float *x, int64_t m_rows, int64_t k, int64_t keep
             rms_norm_rows(x, m_rows, k, norm_weight, norm_eps, normed);
             x = normed;
         }
-        uint32_t *keys = words, *work = words + k;
-        int32_t *taken = (int32_t *)(words + 2 * k);
         for (int64_t m = 0; m < m_rows; m++) {
             int32_t *kept = index + m * keep;
             int32_t sum; /* unused: the kernel sums the kept codes itself */
-            ryot_quantize(x + m * k, 1, k, k, codes, scale + m, &sum);
+            ryot_quantize_row(x + m * k, k, k, codes, scale + m, &sum);
             if (keep == k)
                 for (int64_t i = 0; i < k; i++) kept[i] = (int32_t)i;
             else
-                select_top(x + m * k, k, keep, keys, work, taken, kept, wide);
+                ryot_select_top(x + m * k, k, keep, words, kept);
             for (int64_t i = 0; i < keep; i++) xq[m * keep + i] = codes[kept[i]];
         }
         status = 0;

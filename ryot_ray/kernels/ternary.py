@@ -12,21 +12,16 @@ magnitudes, and read only those columns of the weight.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import importlib.util
 from dataclasses import dataclass
 
 import torch
 
-from ryot_ray.kernels.pack import GROUP, PackedColumns, PackedTernary, round_up
+from ryot_ray.kernels.native import ISAS, constants, isa_number, kernels, native_isas, required
+from ryot_ray.kernels.pack import PackedColumns, PackedTernary, round_up
 from ryot_ray.machine import cpu_flags
+from ryot_ray.model.quantize import int8_activations
 
-ISAS = ("scalar", "avx2", "avx_vnni", "avx512_vnni")  # index = the library's ISA number
-LIBRARY_MODULE = "ryot_ray.kernels._ternary"
-MAX_ROWS_PER_TILE = 8
-MAX_TOKENS_PER_TILE = 8
-EPS = 1e-5
+__all__ = ["ISAS", "native_isas"]
 
 
 @dataclass(frozen=True)
@@ -36,70 +31,15 @@ class KernelPath:
     reason: str
 
 
-@functools.cache
-def _library() -> tuple[ctypes.CDLL | None, str]:
-    spec = importlib.util.find_spec(LIBRARY_MODULE)
-    if spec is None or spec.origin is None:
-        return None, "the native library was not built at install time (no C compiler?)"
-    try:
-        library = ctypes.CDLL(spec.origin)
-    except OSError as error:
-        return None, f"the native library {spec.origin} cannot be loaded ({error})"
-    c = ctypes
-    library.ryot_best_isa.restype = c.c_int
-    library.ryot_isa_supported.restype = c.c_int
-    library.ryot_isa_supported.argtypes = [c.c_int]
-    library.ryot_ternary_linear.restype = c.c_int
-    library.ryot_ternary_linear.argtypes = [
-        c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_int64, c.c_int64, c.c_int64,
-        c.c_float, c.c_int, c.c_int, c.c_void_p, c.c_void_p, c.c_float,
-    ]
-    library.ryot_ternary_accumulate.restype = c.c_int
-    library.ryot_ternary_accumulate.argtypes = [
-        c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_int64, c.c_int64, c.c_int64,
-        c.c_int, c.c_int, c.c_void_p,
-    ]
-    library.ryot_sparse_linear.restype = c.c_int
-    library.ryot_sparse_linear.argtypes = [
-        c.c_void_p, c.c_int64, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_float, c.c_int, c.c_int,
-        c.c_void_p, c.c_void_p, c.c_float,
-    ]
-    library.ryot_sparse_quantize.restype = c.c_int
-    library.ryot_sparse_quantize.argtypes = [
-        c.c_void_p, c.c_int64, c.c_int64, c.c_int64, c.c_void_p, c.c_float, c.c_void_p, c.c_void_p, c.c_void_p,
-    ]
-    library.ryot_sparse_accumulate.restype = c.c_int
-    library.ryot_sparse_accumulate.argtypes = [
-        c.c_void_p, c.c_void_p, c.c_int64, c.c_int64, c.c_void_p, c.c_int64, c.c_int, c.c_int, c.c_void_p,
-    ]
-    library.ryot_read_bytes.restype = c.c_uint64
-    library.ryot_read_bytes.argtypes = [c.c_void_p, c.c_int64, c.c_int]
-    return library, spec.origin
-
-
-def _native() -> ctypes.CDLL:
-    """The loaded native library; calling a native path without it is an error."""
-    library, detail = _library()
-    if library is None:
-        raise RuntimeError(detail)
-    return library
-
-
 def read_bytes(data: torch.Tensor, threads: int | None = None) -> int:
     """Read every byte of `data` once (the read roofline); returns a checksum."""
-    library = _native()
+    library = required(kernels())
     usable = data.numel() * data.element_size() // 256 * 256
     return library.ryot_read_bytes(data.data_ptr(), usable, threads or torch.get_num_threads())
 
 
-def native_isas() -> list[str]:
-    """The ISA paths the native library can run on this CPU, best last."""
-    library, _ = _library()
-    return [isa for number, isa in enumerate(ISAS) if library and library.ryot_isa_supported(number)]
-
-
 def kernel_path() -> KernelPath:
-    library, detail = _library()
+    library, detail = kernels()
     if library is None:
         return KernelPath("torch-int8", "", detail)
     isa = ISAS[library.ryot_best_isa()]
@@ -107,24 +47,12 @@ def kernel_path() -> KernelPath:
     return KernelPath("native", isa, f"{detail}; best ISA on this CPU: {isa} (flags: {flags})")
 
 
-@functools.cache
-def _best_isa_number() -> int:
-    return _library()[0].ryot_best_isa()
-
-
-def _isa_number(isa: str | None) -> int:
-    if isa is None:
-        return _best_isa_number()
-    if isa not in native_isas():
-        raise ValueError(f"ISA path {isa} is not available on this CPU (available: {', '.join(native_isas())})")
-    return ISAS.index(isa)
-
-
 def _check_tile(packed: PackedTernary, tokens_per_tile: int) -> None:
-    if not 1 <= packed.rows_per_tile <= MAX_ROWS_PER_TILE:
-        raise ValueError(f"rows_per_tile must be 1..{MAX_ROWS_PER_TILE}, got {packed.rows_per_tile}")
-    if not 1 <= tokens_per_tile <= MAX_TOKENS_PER_TILE:
-        raise ValueError(f"tokens_per_tile must be 1..{MAX_TOKENS_PER_TILE}, got {tokens_per_tile}")
+    limits = constants()
+    if packed.rows_per_tile not in limits.tile_rows:
+        raise ValueError(f"rows_per_tile must be one of {limits.tile_rows}, got {packed.rows_per_tile}")
+    if not 1 <= tokens_per_tile <= limits.max_tokens_per_tile:
+        raise ValueError(f"tokens_per_tile must be 1..{limits.max_tokens_per_tile}, got {tokens_per_tile}")
 
 
 def _width(k: int, in_features: int) -> None:
@@ -168,7 +96,7 @@ def native_linear(
     at decode sizes. Matryoshka widths: K < in_features uses the first K columns of the
     weight, `out_features` its first rows; both read only that part of the packed data.
     """
-    library = _native()
+    library = required(kernels())
     _check_tile(packed, tokens_per_tile)
     x = _fp32_rows(x)
     m, k = x.shape
@@ -178,7 +106,7 @@ def native_linear(
     y = torch.empty((m, n), dtype=torch.float32)
     status = library.ryot_ternary_linear(
         x.data_ptr(), m, k, packed.data.data_ptr(), packed.padded_in, n, packed.rows_per_tile,
-        tokens_per_tile, packed.scale, _isa_number(isa), threads or torch.get_num_threads(), y.data_ptr(),
+        tokens_per_tile, packed.scale, isa_number(isa), threads or torch.get_num_threads(), y.data_ptr(),
         norm_weight, eps,
     )
     if status != 0:
@@ -200,18 +128,18 @@ def native_accumulate(
 ) -> torch.Tensor:
     """The exact integer core: sum_k (w + 1) * x_q for int8 `x_codes` [M, K], with the
     width prefixes of `native_linear`."""
-    library = _native()
+    library = required(kernels())
     _check_tile(packed, tokens_per_tile)
     m, k = x_codes.shape
     _width(k, packed.in_features)
     n = _out_width(out_features, packed.out_features)
-    k_padded, n_padded = round_up(k, GROUP), round_up(n, GROUP * packed.rows_per_tile)
+    k_padded, n_padded = round_up(k, constants().group), round_up(n, constants().group * packed.rows_per_tile)
     padded = torch.zeros((m, k_padded), dtype=torch.int8)
     padded[:, :k] = x_codes
     acc = torch.empty((m, n_padded), dtype=torch.int32)
     status = library.ryot_ternary_accumulate(
         padded.data_ptr(), m, k_padded, packed.data.data_ptr(), packed.padded_in, n_padded,
-        packed.rows_per_tile, tokens_per_tile, _isa_number(isa), threads, acc.data_ptr(),
+        packed.rows_per_tile, tokens_per_tile, isa_number(isa), threads, acc.data_ptr(),
     )
     if status != 0:
         raise RuntimeError(f"ternary kernel failed with status {status}")
@@ -220,8 +148,8 @@ def native_accumulate(
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token absmax int8 codes and scales, as BitLinear computes them."""
-    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
-    return (x * scale).round().clamp(-128, 127).to(torch.int8), scale
+    codes, scale = int8_activations(x)
+    return codes.to(torch.int8), scale
 
 
 def torch_int8_linear(x: torch.Tensor, codes: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
@@ -245,7 +173,7 @@ def native_sparse_quantize(
     """The sparse path's front half: (indices [M, keep'] int32 ascending, their int8 codes,
     per-token scales [M, 1]) for the keep' = min(keep, K) largest entries of each
     (RMS-normed) row, quantized with the whole row's absmax as the dense path does."""
-    library = _native()
+    library = required(kernels())
     _check_keep(keep)
     x = _fp32_rows(x)
     m, k = x.shape
@@ -268,7 +196,7 @@ def native_sparse_accumulate(
 ) -> torch.Tensor:
     """The exact integer core of the sparse path: sum_i w[n, index[m, i]] * x_codes[m, i]
     for int8 `x_codes` and column indices `index`, both [M, keep]."""
-    library = _native()
+    library = required(kernels())
     if x_codes.ndim != 2 or x_codes.shape != index.shape:
         raise ValueError(f"x_codes {tuple(x_codes.shape)} and index {tuple(index.shape)} must both be [M, keep]")
     if index.numel() and not 0 <= int(index.min()) <= int(index.max()) < packed.in_features:
@@ -279,7 +207,7 @@ def native_sparse_accumulate(
     acc = torch.empty((m, packed.padded_out), dtype=torch.int32)
     status = library.ryot_sparse_accumulate(
         x_codes.data_ptr(), index.data_ptr(), m, keep, packed.data.data_ptr(), packed.padded_out,
-        _isa_number(isa), threads, acc.data_ptr(),
+        isa_number(isa), threads, acc.data_ptr(),
     )
     if status != 0:
         raise RuntimeError(f"sparse kernel failed with status {status}")
@@ -294,7 +222,7 @@ def native_sparse_linear(
     [M, K] (after the fused RMSNorm, when given) and reads only those columns of W; with
     K < in_features, the first K columns (a width prefix). The quantization is the dense
     path's, so on a row whose other entries are zero it equals `native_linear` exactly."""
-    library = _native()
+    library = required(kernels())
     _check_keep(keep)
     x = _fp32_rows(x)
     m, k = x.shape
@@ -303,7 +231,7 @@ def native_sparse_linear(
     y = torch.empty((m, packed.out_features), dtype=torch.float32)
     status = library.ryot_sparse_linear(
         x.data_ptr(), m, k, min(keep, k), packed.data.data_ptr(), packed.out_features, packed.scale,
-        _isa_number(isa), threads or torch.get_num_threads(), y.data_ptr(), norm_weight, eps,
+        isa_number(isa), threads or torch.get_num_threads(), y.data_ptr(), norm_weight, eps,
     )
     if status != 0:
         raise RuntimeError(f"sparse kernel failed with status {status}")

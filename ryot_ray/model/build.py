@@ -18,7 +18,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from ryot_ray.config import ModelConfig
 from ryot_ray.model.bitlinear import BitLinear
-from ryot_ray.model.matryoshka import checked_widths, to_matryoshka
+from ryot_ray.model.matryoshka import to_matryoshka
+from ryot_ray.model.widths import checked_widths
 
 PRESETS: dict[str, dict] = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ryot_ray.report.validation import SUMMARY_FILE, save_figure, shown
-from ryot_ray.train.checkpoint import write_json_atomic
+from ryot_ray.atomic import write_json_atomic
 from ryot_ray.tune.summary import fallback_warning
 
 TUNE_SUMMARY_FILE = "tune_summary.json"

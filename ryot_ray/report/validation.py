@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ryot_ray.train.checkpoint import write_json_atomic  # noqa: E402
+from ryot_ray.atomic import write_json_atomic  # noqa: E402
 
 VALIDATION_FILE = "inference_validation_report.json"
 ANALYSIS_FILE = "optimization_analysis.json"

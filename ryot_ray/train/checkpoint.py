@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from ryot_ray.atomic import write_json_atomic
 from ryot_ray.config import Config, ConfigError
 from ryot_ray.data.tokenizer import load_tokenizer
 from ryot_ray.model.build import build_model
@@ -49,14 +49,6 @@ class TrainingState:
     # every start of the worker group: {"run", "epoch", "step", "world_size"}; a run's
     # starts after its first are restarts after a worker failure
     starts: list[dict] = field(default_factory=list)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
 
 
 @contextmanager

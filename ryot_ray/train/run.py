@@ -18,11 +18,11 @@ import yaml
 from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
+from ryot_ray.atomic import write_json_atomic
 from ryot_ray.config import Config
 from ryot_ray.machine import machine_facts
 from ryot_ray.train.experiment import CONFIG_FILE
-from ryot_ray.train.checkpoint import (CheckpointError, TrainingState, atomic_directory, read_checkpoint_record,
-                                      write_json_atomic)
+from ryot_ray.train.checkpoint import CheckpointError, TrainingState, atomic_directory, read_checkpoint_record
 from ryot_ray.train.loop import train_loop_per_worker
 
 REPORT_FILE = "training_metrics_report.json"

@@ -19,7 +19,7 @@ from ryot_ray.tune.tuner import METRIC, Reference, SearchError
 STOPPED_EARLY = "stopped early"
 DIVERGED = "diverged"  # the loss stopped being finite; the trial has no objective for that epoch
 TIMERS = ("setup_time_s", "epoch_time_s", "eval_time_s", "measure_time_s")
-FIGURES = ("objective", "speedup", "inference_accuracy", "accuracy_retention", "accuracy", "speedup_per_problem",
+FIGURES = ("objective", "speedup", "inference_accuracy", "accuracy_retention", "accuracy", "speedup_rounds", "speedup_spread",
            "paths_per_problem", "node", "node_id", "cpu", "kernel_path", "threads")
 
 

@@ -30,7 +30,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from ryot_ray.config import Config, with_overrides
-from ryot_ray.train.checkpoint import load_checkpoint, write_json_atomic
+from ryot_ray.atomic import write_json_atomic
+from ryot_ray.train.checkpoint import load_checkpoint
 from ryot_ray.train.run import REPORT_FILE, run_training
 from ryot_ray.tune.objective import EpochObjective
 from ryot_ray.tune.metrics import TrialMetrics

@@ -1,13 +1,20 @@
 """What a Tune trial measures after each epoch: the accuracy of its inference
 configuration and its speedup over the reference, in the trial's own process.
 
-The optimized model answers for real (frozen ternary layout, nested width, sparse
-down-projections, reasoning paths) and the verifier scores it. The reference is timed
-on a same-shape fp32 model: its weights are random, so it is forced to the length a
-correct greedy answer has (the problem's completion and its EOS), and its time does not
-depend on what random weights would say. Problem by problem the two alternate which
-goes first. The reference's accuracy is measured once per experiment, on the trained
-reference and the same problems (`reference_accuracy`).
+Accuracy: the optimized model answers for real (frozen ternary layout, nested width,
+sparse down-projections, reasoning paths) and the verifier scores it.
+
+Speed: both models do the same work at equal, forced lengths, so an answer that is
+short and wrong earns no speed: each problem is answered to the length of its correct
+completion and EOS, by the optimized model with the paths it used for that problem (as
+one batch) and by a same-shape fp32 model with one greedy path (the reference's weights
+are random: its time does not depend on values). Problem by problem the two alternate
+which goes first. A round is every measured problem; the speedup of a round is the
+reference's time over the optimized time. Rounds repeat until their spread ((max - min)
+/ median) is within `spread_goal`, or the time budget is spent; the trial's speedup is
+their median, and the report keeps every round. The reference's accuracy is measured
+once per experiment, on the trained reference and the same problems
+(`reference_accuracy`).
 """
 
 from __future__ import annotations
@@ -26,14 +33,14 @@ from ryot_ray.config import Config, InferenceConfig, ModelConfig
 from ryot_ray.data.examples import evaluation_problems
 from ryot_ray.data.tasks import Problem
 from ryot_ray.infer.engine import Engine, SamplingConfig
+from ryot_ray.infer.engines import model_engine, optimized_engine
+from ryot_ray.infer.load import engine_path
 from ryot_ray.infer.reasoning import answer
-from ryot_ray.kernels.ternary import kernel_path
 from ryot_ray.machine import cpu_facts
 from ryot_ray.model.build import build_model
-from ryot_ray.model.matryoshka import use_width
 from ryot_ray.stats import spread
 from ryot_ray.train.checkpoint import load_checkpoint
-from ryot_ray.validate.validator import answer_budget, completion_tokens, context_length, frozen_model
+from ryot_ray.validate.validator import answer_budget, completion_tokens, context_length
 
 
 def spread_subset(problems: list[Problem], count: int) -> list[Problem]:
@@ -44,12 +51,43 @@ def spread_subset(problems: list[Problem], count: int) -> list[Problem]:
     return [problems[int(i * step)] for i in range(count)]
 
 
-def _forced_reference(engine: Engine, tokenizer, problem: Problem, scratchpad: bool) -> float:
-    """Seconds for the reference's work on `problem`: one greedy path as long as a correct answer."""
-    tokens = completion_tokens(tokenizer, problem, scratchpad) + 1  # and its EOS
+def forced(engine: Engine, prompt: str, tokens: int, paths: int) -> float:
+    """Seconds to answer `prompt` with `paths` paths (one batch) of exactly `tokens` tokens."""
+    sampling = SamplingConfig(max_new_tokens=tokens, ignore_eos=True)
     start = time.perf_counter()
-    engine.generate([problem.prompt], SamplingConfig(max_new_tokens=tokens, ignore_eos=True))
+    if paths == 1:
+        engine.generate([prompt], sampling)
+    else:
+        engine.generate_paths(prompt, paths, sampling)
     return time.perf_counter() - start
+
+
+def speed_rounds(optimized: Engine, reference: Engine, work: list[tuple[str, int, int]], spread_goal: float,
+                 budget_s: float, round_s: float = 0.25, min_rounds: int = 3) -> list[float]:
+    """Speedup of each round over `work` ((prompt, tokens, paths) per problem), interleaved.
+    A round passes over the work until it has taken `round_s` (a tiny model's pass is too
+    short to time), at least once."""
+    rounds: list[float] = []
+    started = time.perf_counter()
+    forced(optimized, work[0][0], 2, work[0][2])  # warm-up
+    forced(reference, work[0][0], 2, 1)
+    while True:
+        optimized_s = reference_s = 0.0
+        round_started, passes = time.perf_counter(), 0
+        while passes == 0 or time.perf_counter() - round_started < round_s:
+            for index, (prompt, tokens, paths) in enumerate(work):
+                first = (index + passes + len(rounds)) % 2  # which model goes first alternates
+                for turn in (first, 1 - first):
+                    if turn == 0:
+                        optimized_s += forced(optimized, prompt, tokens, paths)
+                    else:
+                        reference_s += forced(reference, prompt, tokens, 1)
+            passes += 1
+        rounds.append(reference_s / optimized_s)
+        median = statistics.median(rounds)
+        settled = len(rounds) >= min_rounds and (max(rounds) - min(rounds)) / median <= spread_goal
+        if settled or time.perf_counter() - started > budget_s:
+            return rounds
 
 
 @dataclass(frozen=True)
@@ -57,12 +95,11 @@ class TrialMeasurement:
     """Call with (model, tokenizer, config, validation problems) after an epoch."""
 
     problems: int = 48  # validation problems answered per epoch
+    spread_goal: float = 0.05  # rounds until (max - min) / median of their speedups is this small
+    budget_s: float = 10.0  # ... or this much time went into timing
 
     def __call__(self, model: nn.Module, tokenizer, config: Config, problems: list[Problem]) -> dict:
         chosen = spread_subset(problems, self.problems)
-        sparse = config.model.sparse_k != 1
-        frozen = frozen_model(model, config, sparse)
-        use_width(frozen, config.inference.ffn_level)
         with torch.random.fork_rng():  # the training run's random stream stays as it was
             torch.manual_seed(config.seed)
             reference = build_model(ModelConfig(preset=config.model.preset, quantization="none"), tokenizer,
@@ -70,37 +107,33 @@ class TrialMeasurement:
         max_new_tokens = answer_budget(tokenizer, chosen, config)
         max_length = context_length(tokenizer, chosen, max_new_tokens)
         inference = config.inference
-        optimized_engine = Engine(frozen, tokenizer, max(inference.rlvr_paths, inference.path_window), max_length)
-        reference_engine = Engine(reference, tokenizer, 1, max_length)
+        threads = torch.get_num_threads()
+        trial_engine = optimized_engine(model, tokenizer, config, True, max(inference.rlvr_paths, inference.path_window),
+                                        max_length, threads=threads)
+        reference_engine = model_engine(reference, tokenizer, InferenceConfig(), 1, max_length, threads=threads)
 
-        correct, paths, optimized_s, reference_s = [], [], [], []
-        for index, problem in enumerate(chosen):
-            for turn in ((0, 1) if index % 2 == 0 else (1, 0)):
-                if turn == 0:
-                    start = time.perf_counter()
-                    result = answer(optimized_engine, problem.prompt, problem.difficulty, inference,
-                                    max_new_tokens, seed=index)
-                    optimized_s.append(time.perf_counter() - start)
-                    correct.append(result.answer == problem.answer)
-                    paths.append(result.paths)
-                else:
-                    reference_s.append(_forced_reference(reference_engine, tokenizer, problem,
-                                                         config.data.scratchpad))
-        path = kernel_path()
-        ratios = [r / o for r, o in zip(reference_s, optimized_s)]
+        started = time.perf_counter()
+        answers = [answer(trial_engine, p.prompt, p.difficulty, inference, max_new_tokens, seed=index)
+                   for index, p in enumerate(chosen)]
+        answer_time = time.perf_counter() - started
+        work = [(p.prompt, completion_tokens(tokenizer, p, config.data.scratchpad) + 1, result.paths)
+                for p, result in zip(chosen, answers)]  # the correct length, and its EOS
+        rounds = speed_rounds(trial_engine, reference_engine, work, self.spread_goal, self.budget_s)
+        median = statistics.median(rounds)
+        path = engine_path()
         return {
-            "inference_accuracy": statistics.fmean(correct),
-            "speedup": sum(reference_s) / sum(optimized_s),
-            "speedup_per_problem": spread(ratios),
-            "answer_time_s": sum(optimized_s),
-            "reference_answer_time_s": sum(reference_s),
-            "paths_per_problem": statistics.fmean(paths),
+            "inference_accuracy": statistics.fmean(a.answer == p.answer for a, p in zip(answers, chosen)),
+            "speedup": median,
+            "speedup_rounds": spread(rounds),
+            "speedup_spread": (max(rounds) - min(rounds)) / median,
+            "answer_time_s": answer_time,
+            "paths_per_problem": statistics.fmean(a.paths for a in answers),
             "measured_problems": len(chosen),
             "node": platform.node(),
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "cpu": {key: cpu_facts()[key] for key in ("model", "signature")},
             "kernel_path": f"{path.name} {path.isa}".strip(),
-            "threads": torch.get_num_threads(),  # the speedup depends on it: fp32 gains more from threads
+            "threads": threads,  # the speedup depends on it: fp32 gains more from threads
         }
 
 
@@ -110,7 +143,7 @@ def reference_accuracy(checkpoint: Path, problems: int) -> float:
     model, tokenizer, config, _ = load_checkpoint(checkpoint)
     chosen = spread_subset(evaluation_problems(config.data, "validation", config.seed), problems)
     max_new_tokens = answer_budget(tokenizer, chosen, config)
-    engine = Engine(model, tokenizer, 1, context_length(tokenizer, chosen, max_new_tokens))
+    engine = model_engine(model, tokenizer, InferenceConfig(), 1, context_length(tokenizer, chosen, max_new_tokens))
     return statistics.fmean(
         answer(engine, p.prompt, p.difficulty, InferenceConfig(), max_new_tokens).answer == p.answer
         for p in chosen)

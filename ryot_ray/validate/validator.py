@@ -5,21 +5,21 @@ else runs there while it times. In its one process it answers the test problems 
 checkpoint's task suite with each variant, interleaved problem by problem (the order
 alternates), and times a forced-length answer for TTFT and decode speed:
 - `reference`: the trained full-precision model (dense, full width, one greedy path)
-  through the engine; `transformers`: the same model through `generate()`;
+  frozen as fp32 rows through the same engine; `transformers`: the same model through
+  `generate()`;
 - the ablation steps of the optimized configuration, each adding one optimization:
   the frozen ternary model, its nested width, its sparse down-projections, fixed and
   then adaptive reasoning paths. The last step is the optimized configuration.
-Peak RSS is measured per variant in a fresh process answering a few problems.
+Peak RSS is measured per variant in a fresh process answering a few problems with the
+frozen model file alone (no torch in that process).
 Without a trained reference the accuracy and time to answer cannot be compared: the
 report says so, and the reference's speed is timed on a same-shape fp32 model.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-import os
 import platform
 import statistics
 import time
@@ -32,17 +32,15 @@ from torch import nn
 from ryot_ray.config import Config, InferenceConfig, ModelConfig, Phase1Targets
 from ryot_ray.data.examples import evaluation_problems
 from ryot_ray.data.tasks import Problem, extract_answer
+from ryot_ray.infer.deployed import answer_with_file
 from ryot_ray.infer.engine import Engine
+from ryot_ray.infer.engines import frozen_file, model_engine, optimized_engine
+from ryot_ray.infer.load import default_threads, engine_path
 from ryot_ray.infer.reasoning import answer
 from ryot_ray.infer.speed import engine_speed, transformers_speed
-from ryot_ray.kernels.autotune import tune_missing
-from ryot_ray.kernels.frozen import freeze
-from ryot_ray.kernels.ternary import kernel_path
 from ryot_ray.machine import machine_facts
-from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
-from ryot_ray.model.bitlinear import BitLinear
+from ryot_ray.memory import in_fresh_process
 from ryot_ray.model.build import build_model
-from ryot_ray.model.matryoshka import use_width
 from ryot_ray.stats import spread
 from ryot_ray.train.checkpoint import load_checkpoint
 from ryot_ray.train.evaluate import greedy_completions, level_key
@@ -80,32 +78,22 @@ def ablation(config: Config) -> list[Step]:
     return steps
 
 
-def frozen_model(model: nn.Module, config: Config, sparse: bool) -> nn.Module:
-    """A frozen copy of `model` in the layout its inference config asks for. Without a
-    `tile_size`, each shape gets the tile tuned for this node's CPU, tuned here first if
-    this node has not tuned it yet (nodes of a cluster may have different CPUs)."""
-    inference = config.inference
-    if inference.tile_size is None and kernel_path().name == "native":
-        tune_missing({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, BitLinear)})
-    return freeze(copy.deepcopy(model), rows_per_tile=inference.tile_size,
-                  int8_embeddings=inference.int8_embeddings, sparse=sparse)
-
-
 @dataclass
 class Variant:
-    model: nn.Module
     engine: Engine
     step: Step | None  # None: the reference, one greedy path
+    model: nn.Module | None = None  # the torch model and tokenizer, for `transformers` generate()
+    tokenizer: object = None
 
 
 def _answer(name: str, variant: Variant, problem: Problem, max_new_tokens: int, seed: int) -> tuple[str | None, int]:
     if name == "transformers":
-        text = greedy_completions(variant.model, variant.engine.tokenizer, [problem.prompt], max_new_tokens, 1)[0]
+        text = greedy_completions(variant.model, variant.tokenizer, [problem.prompt], max_new_tokens, 1)[0]
         return extract_answer(text), 1
     if variant.step is None:
         result = answer(variant.engine, problem.prompt, problem.difficulty, InferenceConfig(), max_new_tokens)
         return result.answer, 1
-    use_width(variant.model, variant.step.level)
+    variant.engine.use_width(variant.step.level)
     result = answer(variant.engine, problem.prompt, problem.difficulty, variant.step.inference, max_new_tokens,
                     seed=seed)
     return result.answer, result.paths
@@ -159,29 +147,45 @@ def speeds(variants: dict[str, Variant], prompt: str, repeats: int) -> dict:
 
 def _speed(name: str, variant: Variant, prompt: str, tokens: int) -> tuple[float, float, list[float]]:
     if name == "transformers":
-        return transformers_speed(variant.model, variant.engine.tokenizer, prompt, tokens)
+        return transformers_speed(variant.model, variant.tokenizer, prompt, tokens)
     if variant.step is not None:
-        use_width(variant.model, variant.step.level)
+        variant.engine.use_width(variant.step.level)
     return engine_speed(variant.engine, prompt, tokens)
 
 
-def _answer_few(checkpoint: str, reference: bool, step: Step | None, threads: int) -> float:
-    """Peak RSS (MB) of a fresh process that loads one variant and answers a few problems."""
+def team(variant: Variant) -> int | None:
+    """The threads a variant's native step decodes with (None for the torch fallback)."""
+    return getattr(variant.engine.model_step, "threads", None)
+
+
+def _answer_with_model(checkpoint: str, problems: list[tuple[str, int]], inference: dict, sparse: bool,
+                       max_new_tokens: int, max_length: int, threads: int) -> dict:
+    """`answer_with_file` for the torch fallback: the checkpoint's model answers."""
+    import sys
+
+    from ryot_ray.memory import peak_rss_mb
+
     torch.set_num_threads(threads)
-    model, tokenizer, config, _ = load_checkpoint(Path(checkpoint))
-    if not reference:
-        model = frozen_model(model, config, step.sparse)
-    problems = evaluation_problems(config.data, "test", config.seed)[:MEMORY_PROBLEMS]
-    inference = step.inference if step else InferenceConfig()
-    max_new_tokens = answer_budget(tokenizer, problems, config)
-    engine = Engine(model, tokenizer, max(inference.rlvr_paths, inference.path_window),
-                    context_length(tokenizer, problems, max_new_tokens))
-    start_measuring()
-    for index, problem in enumerate(problems):
-        if step is not None:
-            use_width(model, step.level)
-        answer(engine, problem.prompt, problem.difficulty, inference, max_new_tokens, seed=index)
-    return peak_rss_mb()
+    config = InferenceConfig(**inference)
+    model, tokenizer, *_ = load_checkpoint(Path(checkpoint))
+    engine = model_engine(model, tokenizer, config, max(config.rlvr_paths, config.path_window), max_length, sparse)
+    answers = [answer(engine, prompt, difficulty, config, max_new_tokens, seed=index).answer
+               for index, (prompt, difficulty) in enumerate(problems)]
+    return {"peak_rss_mb": peak_rss_mb(), "scope": "whole process", "torch_imported": "torch" in sys.modules,
+            "answers": answers}
+
+
+def deployed_memory(checkpoint: Path, inference: InferenceConfig, sparse: bool, problems: list[Problem],
+                    max_new_tokens: int, max_length: int, threads: int, what: str) -> dict:
+    """Peak RSS of a fresh process that answers `problems` with the checkpoint in the
+    layout `inference` asks for: from its frozen file alone where the native step runs."""
+    asked = [(p.prompt, p.difficulty) for p in problems]
+    if engine_path().name == "native":
+        path = frozen_file(checkpoint, inference, sparse)
+        return in_fresh_process(answer_with_file, str(path), asked, dataclasses.asdict(inference), max_new_tokens,
+                                max_length, threads, what=what)
+    return in_fresh_process(_answer_with_model, str(checkpoint), asked, dataclasses.asdict(inference), sparse,
+                            max_new_tokens, max_length, threads, what=what)
 
 
 def completion_tokens(tokenizer, problem: Problem, scratchpad: bool) -> int:
@@ -223,7 +227,7 @@ class InferenceValidator:
         self.checkpoint, self.reference_checkpoint = checkpoint, reference_checkpoint
         self.targets, self.repeats, self.max_problems, self.memory = targets, repeats, max_problems, memory
         self.inference_overrides = inference or {}
-        self.threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+        self.threads = default_threads()
 
     def validate(self) -> dict:
         torch.set_num_threads(self.threads)
@@ -245,13 +249,17 @@ class InferenceValidator:
             torch.manual_seed(config.seed)
             reference = build_model(ModelConfig(preset=config.model.preset, quantization="none"), tokenizer,
                                     llama=model.config).eval()
-        reference_engine = Engine(reference, tokenizer, 1, max_length)
-        variants = {"reference": Variant(reference, reference_engine, None),
-                    "transformers": Variant(reference, reference_engine, None)}
-        frozen = {sparse: frozen_model(model, config, sparse) for sparse in {step.sparse for step in steps}}
+        # each engine decodes with the team size that is fastest for it on this node's CPUs
+        reference_engine = optimized_engine(
+            reference, tokenizer, dataclasses.replace(config, inference=InferenceConfig()), True, 1, max_length,
+            Path(self.reference_checkpoint) if trained_reference else None)
+        variants = {"reference": Variant(reference_engine, None),
+                    "transformers": Variant(reference_engine, None, reference, tokenizer)}
+        engines = {sparse: optimized_engine(model, tokenizer, config, sparse, paths, max_length,
+                                            Path(self.checkpoint))
+                   for sparse in {step.sparse for step in steps}}
         for step in steps:
-            engine = Engine(frozen[step.sparse], tokenizer, paths, max_length)
-            variants[step.name] = Variant(frozen[step.sparse], engine, step)
+            variants[step.name] = Variant(engines[step.sparse], step)
         optimized_name = steps[-1].name
 
         started = time.perf_counter()
@@ -262,12 +270,21 @@ class InferenceValidator:
         timed = speeds({name: variants[name] for name in speed_names}, problems[0].prompt, self.repeats)
         for name in speed_names:
             measured.setdefault(name, {}).update(timed[name])
+        for name, variant in variants.items():
+            if name in measured:
+                measured[name]["threads"] = self.threads if name == "transformers" else team(variant)
         if self.memory:
-            for name, reference_model, step in (("reference", True, None), (optimized_name, False, steps[-1])):
-                source = self.reference_checkpoint if reference_model else self.checkpoint
+            few = problems[:MEMORY_PROBLEMS]
+            last = steps[-1]
+            deployed = [("reference", self.reference_checkpoint, InferenceConfig(), True),
+                        (optimized_name, self.checkpoint,
+                         dataclasses.replace(last.inference, ffn_level=last.level), last.sparse)]
+            for name, source, inference, sparse in deployed:
                 if source is not None:
-                    measured[name]["peak_rss_mb"] = in_fresh_process(
-                        _answer_few, source, reference_model, step, self.threads, what=f"{name} memory")
+                    memory = deployed_memory(Path(source), inference, sparse, few, max_new_tokens, max_length,
+                                             team(variants[name]) or self.threads, what=f"{name} memory")
+                    measured[name]["peak_rss_mb"] = memory["peak_rss_mb"]
+                    measured[name]["memory"] = {k: v for k, v in memory.items() if k != "answers"}
 
         optimized = measured[optimized_name]
         report = {
@@ -275,7 +292,7 @@ class InferenceValidator:
             "reference_checkpoint": self.reference_checkpoint,
             "node": platform.node(),
             "threads": self.threads,
-            "kernel_path": vars(kernel_path()),
+            "kernel_path": vars(engine_path()),
             "inference": dataclasses.asdict(config.inference),
             "model": dataclasses.asdict(config.model),
             "problems": len(problems),

@@ -5,7 +5,7 @@ import pytest
 from ryot_ray.bench.compression import (
     _train_steps, gradient_errors, matryoshka_decode, sparse_down_projection, table, training_memory,
 )
-from ryot_ray.kernels.ternary import native_isas
+from native_marks import needs_native
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def test_gradient_errors_are_small_for_int8_and_larger_for_binary(tiny_config):
     assert 0 < errors["int8"] < 0.05 < errors["binary"]
 
 
+@needs_native
 def test_training_memory_pairs_every_variant_with_the_reference(tiny_config):
     result = training_memory(tiny_config, rounds=1, steps=1, variants=("reference", "bitnet_int8"))
     assert result["variants"]["reference"]["saved_for_backward_vs_reference"] == 1.0
@@ -37,7 +38,7 @@ def test_training_memory_pairs_every_variant_with_the_reference(tiny_config):
     assert "bitnet_int8" in text and "half width 64" in text
 
 
-@pytest.mark.skipif(not native_isas(), reason="no native library")
+@needs_native
 def test_sparse_rows_carry_ratios_to_dense():
     result = sparse_down_projection("tiny", rounds=2, threads=1, calls=1, cycle_bytes=2**16)
     assert set(result["microseconds"]) == {"dense", "sparse_0.25", "sparse_0.5"}

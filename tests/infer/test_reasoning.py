@@ -4,7 +4,7 @@ import pytest
 
 from ryot_ray.config import InferenceConfig
 from ryot_ray.infer import reasoning
-from ryot_ray.infer.engine import Engine, Generation
+from ryot_ray.infer.engine import Generation
 from ryot_ray.infer.reasoning import answer, majority, path_budget, wave_agrees
 
 
@@ -59,10 +59,11 @@ def test_budget_caps_an_undecided_problem():
 
 
 def test_one_path_is_greedy_on_a_real_model(trained_checkpoint):
+    from ryot_ray.infer.engines import model_engine
     from ryot_ray.train.checkpoint import load_checkpoint
 
     model, tokenizer, *_ = load_checkpoint(trained_checkpoint)
-    engine = Engine(model, tokenizer, max_batch=2, max_length=40)
+    engine = model_engine(model, tokenizer, InferenceConfig(), 2, 40)
     result = answer(engine, "rev abc|", 1, InferenceConfig(rlvr_paths=1), 12)
     assert result.paths == 1 and result.seconds > 0
     assert result.answer == reasoning.extract_answer(result.completions[0])

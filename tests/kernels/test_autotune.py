@@ -1,15 +1,13 @@
 import json
 
 import pytest
-import torch
 
 from ryot_ray.cli import main
 from ryot_ray.kernels import autotune as tuning
-from ryot_ray.kernels.frozen import TernaryLinear, freeze
-from ryot_ray.kernels.ternary import native_isas
-from ryot_ray.model.bitlinear import BitLinear
+from ryot_ray.kernels.native import constants
+from native_marks import needs_native
 
-pytestmark = pytest.mark.skipif(not native_isas(), reason="no native library")
+pytestmark = needs_native
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +20,7 @@ def test_autotune_caches_the_fastest_measured_tile():
     entry = entries["64x96"]
     decode = entry["decode_microseconds"]
     assert entry["rows_per_tile"] == int(min(decode, key=decode.get).split("=")[1])
-    assert set(decode) == {f"rows={r}" for r in tuning.ROWS_PER_TILE}
+    assert set(decode) == {f"rows={r}" for r in constants().tile_rows}
     cached = json.loads(tuning.cache_path().read_text())
     assert cached["64x96"]["rows_per_tile"] == entry["rows_per_tile"]
     assert tuning.cache_path().name == f"autotune-{tuning.cpu_facts()['signature']}.json"
@@ -30,16 +28,8 @@ def test_autotune_caches_the_fastest_measured_tile():
     assert tuning.tile_for(1, 1, tuning.load_cache()) == tuning.DEFAULT_TILE
 
 
-def test_freeze_uses_the_cached_tile_unless_one_is_given():
-    path = tuning.cache_path()
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"32x48": {"rows_per_tile": 4, "tokens_per_tile": 2}}))
-    model = torch.nn.Sequential(BitLinear(32, 48), BitLinear(48, 32))
-    freeze(model)
-    assert model[0].packed.rows_per_tile == 4 and model[0].tokens_per_tile == 2
-    assert model[1].packed.rows_per_tile == tuning.DEFAULT_TILE["rows_per_tile"]
-    given = freeze(torch.nn.Sequential(BitLinear(32, 48)), rows_per_tile=1)
-    assert isinstance(given[0], TernaryLinear) and given[0].packed.rows_per_tile == 1
+def test_token_tiles_fit_the_registers():
+    assert tuning.tokens_for(1) == [2, 4, 8] and tuning.tokens_for(4) == [2, 4] and tuning.tokens_for(8) == [2]
 
 
 def test_broken_cache_reads_as_empty():

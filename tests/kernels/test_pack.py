@@ -1,9 +1,30 @@
 import pytest
 import torch
 
+from ryot_ray.kernels.native import constants
 from ryot_ray.kernels.pack import (
-    COLUMN_BLOCK, GROUP, pack_ternary, pack_ternary_columns, unpack_ternary, unpack_ternary_columns,
+    pack_int8_rows, pack_ternary, pack_ternary_columns, round_up, unpack_ternary, unpack_ternary_columns,
 )
+from ryot_ray.model import quantize
+from native_marks import needs_native
+
+pytestmark = needs_native  # the block sizes are the native library's
+
+
+def test_the_library_constants_are_the_ones_the_layouts_assume():
+    limits = constants()
+    assert (limits.group, limits.column_block, limits.int8_rows, limits.int8_k) == (16, 256, 16, 4)
+    assert limits.tile_rows == (1, 2, 4, 8) and limits.max_tokens_per_tile == 8
+    assert limits.quant_eps == pytest.approx(quantize.EPS)  # the kernels quantize as BitLinear does
+
+
+def test_int8_rows_layout():
+    codes = torch.arange(-60, 60, dtype=torch.int8).view(20, 6)
+    flat = pack_int8_rows(codes)
+    assert flat.numel() == round_up(20, 16) * round_up(6, 4)
+    groups = flat.view(2, 2, 16, 4)  # [group][k / 4][row][4]
+    assert torch.equal(groups[0, 0, 3], codes[3, :4]) and torch.equal(groups[1, 1, 3, :2], codes[19, 4:])
+    assert groups[1, 0, 4:].abs().sum() == 0 and groups[0, 1, :, 2:].abs().sum() == 0  # padding
 
 
 @pytest.mark.parametrize("n, k, rows_per_tile", [(16, 16, 1), (37, 50, 2), (64, 128, 4), (5, 3, 8), (200, 33, 1)])
@@ -12,7 +33,7 @@ def test_round_trip_is_exact_with_padding(n, k, rows_per_tile):
     codes = torch.randint(-1, 2, (n, k), dtype=torch.int8)
     packed = pack_ternary(codes, 0.25, rows_per_tile)
     assert torch.equal(unpack_ternary(packed), codes)
-    assert packed.padded_out % (GROUP * rows_per_tile) == 0 and packed.padded_in % GROUP == 0
+    assert packed.padded_out % (constants().group * rows_per_tile) == 0 and packed.padded_in % constants().group == 0
     assert packed.data.numel() == packed.padded_out * packed.padded_in // 4  # 2 bits a weight
 
 
@@ -47,7 +68,7 @@ def test_column_round_trip_is_exact_with_padding(n, k):
     codes = torch.randint(-1, 2, (n, k), dtype=torch.int8)
     packed = pack_ternary_columns(codes, 0.5)
     assert torch.equal(unpack_ternary_columns(packed), codes)
-    assert packed.padded_out % COLUMN_BLOCK == 0
+    assert packed.padded_out % constants().column_block == 0
     assert packed.data.numel() == packed.padded_out * k // 4  # 2 bits a weight
 
 

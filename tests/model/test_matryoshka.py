@@ -6,9 +6,8 @@ import torch
 from ryot_ray.config import ConfigError, ModelConfig
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.model.build import build_model
-from ryot_ray.model.matryoshka import (
-    MatryoshkaMLP, TopK, ffn_levels, ffn_widths, kept_activations, sampled_level, use_width,
-)
+from ryot_ray.model.matryoshka import MatryoshkaMLP, TopK, ffn_levels, sampled_level, use_width
+from ryot_ray.model.widths import ffn_widths, kept_activations
 
 
 def _bitnet(**knobs) -> torch.nn.Module:

@@ -7,7 +7,7 @@ from ryot_ray.config import ModelConfig
 from ryot_ray.model.build import build_model
 from ryot_ray.train.checkpoint import (
     CheckpointError, TrainingState, atomic_directory, load_checkpoint, load_optimizer,
-    read_checkpoint_record, save_checkpoint, write_json_atomic,
+    read_checkpoint_record, save_checkpoint,
 )
 from ryot_ray.train.loop import build_optimizer
 
@@ -118,14 +118,6 @@ def test_atomic_directory_replaces_only_on_success(tmp_path):
         (staging / "a.txt").write_text("two")
     assert (target / "a.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no temp or old copies left
-
-
-def test_write_json_atomic(tmp_path):
-    path = tmp_path / "deep" / "report.json"
-    write_json_atomic(path, {"a": 1})
-    write_json_atomic(path, {"a": 2})
-    assert json.loads(path.read_text()) == {"a": 2}
-    assert [p.name for p in path.parent.iterdir()] == ["report.json"]
 
 
 def test_model_config_round_trip_of_reference(tmp_path, smoke_config, tokenizer):

@@ -82,7 +82,7 @@ def test_summary_ranks_by_objective_ties_to_the_faster_and_totals_the_time():
     failed.metrics |= {"objective": 9.0, "trial_id": "failed"}
     summary = summarize([slow, fast, failed], space, Reference(REPO, 0.5, "abc", False), wall_time_s=100.0)
     assert summary["best_trial"] == "fast" and summary["errored"] == 1 and summary["stopped_early"] == 1
-    assert summary["reference"]["trials_start_from_it"] is False  # the smoke space trains from scratch
+    assert summary["reference"]["trials_start_from_it"] is True  # the smoke space converts the reference
     assert summary["overhead"]["trial_time_s"] == pytest.approx(2 * 61.0 + 36.5)
     assert summary["overhead"]["ray_fraction"] == pytest.approx(summary["overhead"]["ray_s"] / (2 * 61.0 + 36.5))
 

@@ -7,7 +7,7 @@ import torch
 from ryot_ray.data.examples import evaluation_problems
 from ryot_ray.train.checkpoint import load_checkpoint
 from ryot_ray.train.evaluate import exact_match, level_key
-from ryot_ray.validate.trial import TrialMeasurement, reference_accuracy, spread_subset
+from ryot_ray.validate.trial import TrialMeasurement, reference_accuracy, speed_rounds, spread_subset
 
 
 def test_the_subset_reaches_every_level():
@@ -28,23 +28,46 @@ def checkpoint(trained_checkpoint):
 
 def test_greedy_accuracy_is_the_verifier_s_on_the_frozen_model(checkpoint):
     model, tokenizer, config, problems = checkpoint
-    metrics = TrialMeasurement(problems=8)(model, tokenizer, config, problems)
+    metrics = TrialMeasurement(problems=8, budget_s=1.0)(model, tokenizer, config, problems)
     chosen = spread_subset(problems, 8)
     # the frozen ternary engine answers as the QAT model does through transformers
     assert metrics["inference_accuracy"] == exact_match(model, tokenizer, chosen, config.data.scratchpad, 8)["accuracy"]
     assert metrics["measured_problems"] == 8 and metrics["paths_per_problem"] == 1
     assert metrics["threads"] == torch.get_num_threads()
-    assert metrics["speedup"] == pytest.approx(metrics["reference_answer_time_s"] / metrics["answer_time_s"])
-    spread = metrics["speedup_per_problem"]
-    assert 0 < spread["min"] <= spread["median"] <= spread["max"]
+    rounds = metrics["speedup_rounds"]
+    assert metrics["speedup"] == rounds["median"] and len(rounds["samples"]) >= 3
+    assert metrics["speedup_spread"] == pytest.approx((rounds["max"] - rounds["min"]) / rounds["median"])
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "BitLinear"  # measured a copy; training goes on
+
+
+class CountingEngine:
+    """Records the forced work it is given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, sampling):
+        self.calls.append((len(prompts), sampling.max_new_tokens, sampling.ignore_eos))
+
+    def generate_paths(self, prompt, paths, sampling):
+        self.calls.append((paths, sampling.max_new_tokens, sampling.ignore_eos))
+
+
+def test_both_models_do_the_same_forced_work_and_rounds_stop_once_they_agree():
+    optimized, reference = CountingEngine(), CountingEngine()
+    work = [("p1", 7, 1), ("p2", 12, 3)]
+    rounds = speed_rounds(optimized, reference, work, spread_goal=10.0, budget_s=60, round_s=0.0)
+    assert len(rounds) == 3  # settled as soon as the minimum of rounds was reached
+    assert optimized.calls[1:] == [(1, 7, True), (3, 12, True)] * 3  # its own paths, the correct length
+    assert reference.calls[1:] == [(1, 7, True), (1, 12, True)] * 3  # one greedy path, the same lengths
+    assert len(speed_rounds(optimized, reference, work, spread_goal=0.0, budget_s=0.0, round_s=0.0)) == 1  # no time
 
 
 def test_paths_follow_the_trial_s_inference_config(checkpoint):
     model, tokenizer, config, problems = checkpoint
     config = dataclasses.replace(config, inference=dataclasses.replace(config.inference, rlvr_paths=3,
                                                                         adaptive_paths=False))
-    metrics = TrialMeasurement(problems=4)(model, tokenizer, config, problems)
+    metrics = TrialMeasurement(problems=4, budget_s=0.5)(model, tokenizer, config, problems)
     assert metrics["paths_per_problem"] == 3
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from ryot_ray.config import Config, InferenceConfig, Phase1Targets
 from ryot_ray.validate.validator import InferenceValidator, ablation, phase1_verdicts
+from native_marks import needs_native
 
 TARGETS = Phase1Targets(ttft_ms=120, decode_tokens_per_s=25, memory_mb=500, accuracy_retention=0.99)
 
@@ -72,19 +73,17 @@ def test_a_reference_checkpoint_is_refused_as_the_optimized_model(trained_refere
         InferenceValidator(str(trained_reference), None, TARGETS, memory=False).validate()
 
 
-def test_without_a_tile_each_shape_is_tuned_on_this_node_first(trained_checkpoint, tmp_path, monkeypatch):
+@needs_native
+def test_without_a_tile_each_fused_shape_is_tuned_on_this_node_first(trained_checkpoint, tmp_path, monkeypatch):
+    from ryot_ray.infer.engines import optimized_engine
     from ryot_ray.kernels.autotune import cache_path, load_cache
-    from ryot_ray.kernels.ternary import kernel_path
     from ryot_ray.train.checkpoint import load_checkpoint
-    from ryot_ray.validate.validator import frozen_model
 
-    if kernel_path().name != "native":
-        pytest.skip("the tile autotune times the native kernel")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    model, _, config, _ = load_checkpoint(trained_checkpoint)
+    model, tokenizer, config, _ = load_checkpoint(trained_checkpoint)
     config.inference.tile_size = None
-    frozen = frozen_model(model, config, sparse=False)
+    engine = optimized_engine(model, tokenizer, config, False, 1, 32)
     tuned = load_cache(cache_path())
-    assert set(tuned) == {"64x64", "64x128", "128x64"}  # tiny: attention, gate/up, down
-    down = frozen.model.layers[0].mlp.down_proj
-    assert down.packed.rows_per_tile == tuned["128x64"]["rows_per_tile"]
+    assert set(tuned) == {"64x192", "64x64", "64x256", "128x64"}  # tiny: qkv, o, gate/up, down
+    down = engine.model_step.model.frozen.model["linears"]["down"]
+    assert down["rows_per_tile"] == tuned["128x64"]["rows_per_tile"]

@@ -1,0 +1,66 @@
+"""Bookkeeping of the decode benchmark on tiny shapes (no speed is asserted)."""
+
+import json
+import stat
+
+import pytest
+
+from ryot_ray.bench.decode import bench_decode, decode_bytes, frozen_variants, llama_cpp, table
+from native_marks import needs_native
+
+pytestmark = needs_native
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bench_decode("tiny", rounds=1, prompt_tokens=4, new_tokens=3, threads=[2, 1], ttft_prompt=6, paths=2)
+
+
+def test_every_variant_at_every_thread_count(result):
+    assert [run["threads"] for run in result["by_threads"]] == [2, 1]
+    for run in result["by_threads"]:
+        assert set(run["variants"]) == {"reference", "transformers", "ternary", "ternary_int8_head"}
+        for name, variant in run["variants"].items():
+            assert variant["decode_tokens_per_s"]["median"] > 0 and variant["ttft_ms_at_6_tokens"]["median"] > 0
+            assert variant["fraction_of_bound"] == pytest.approx(
+                variant["decode_tokens_per_s"]["median"] / variant["bandwidth_bound_tokens_per_s"])
+            if name != "transformers":
+                assert variant["step_2_paths_vs_1"]["median"] > 0
+                split = variant["time_split_ms_per_token"]
+                assert {"qkv", "attention", "down", "head"} <= set(split) and split["qkv"] > 0
+        bytes_read = {name: v["bytes_read_per_token"] for name, v in run["variants"].items()}
+        assert bytes_read["ternary_int8_head"] < bytes_read["ternary"] < bytes_read["reference"]
+        assert set(run["speedups"]) == {f"{t} vs {p}" for t in ("ternary", "ternary_int8_head")
+                                        for p in ("reference", "transformers")}
+    assert "ternary_int8_head vs reference" in table(result)
+
+
+def test_memory_is_measured_in_fresh_processes_the_native_ones_without_torch(result):
+    for run in result["by_threads"]:
+        memory = {name: v["memory"] for name, v in run["variants"].items()}
+        assert all(m["peak_rss_mb"] > 20 and m["scope"] == "whole process" for m in memory.values())
+        assert not any(memory[name]["torch_imported"] for name in ("reference", "ternary", "ternary_int8_head"))
+        assert memory["transformers"]["torch_imported"]
+        assert run["rss_fraction_of_reference"]["ternary"] == pytest.approx(
+            memory["ternary"]["peak_rss_mb"] / memory["reference"]["peak_rss_mb"])
+
+
+def test_decode_bytes_count_what_a_step_reads():
+    _, frozen = frozen_variants("tiny")
+    reference, ternary = frozen["reference"], frozen["ternary"]
+    hidden, vocab = reference.model["hidden"], reference.model["vocab"]
+    linears = sum(a.nbytes for n, a in reference.arrays.items() if n.endswith(".data"))
+    kv = 2 * 2 * 4 * 16 * 10 * 4  # K and V, layers, kv heads, head dim, positions, fp32
+    assert decode_bytes(reference, context=10) == linears + 4 * hidden + kv
+    assert linears == 4 * (2 * (hidden * (3 * hidden) + hidden * hidden + 3 * hidden * 128) + vocab * hidden)
+    assert decode_bytes(ternary, context=10) < decode_bytes(reference, context=10) / 2
+
+
+def test_llama_cpp_figures_are_read_from_its_json(tmp_path):
+    binary = tmp_path / "llama-bench"
+    rows = [{"n_prompt": 4, "n_gen": 0, "n_threads": 2, "avg_ts": 100.0, "stddev_ts": 1.0, "model_type": "TQ2_0"},
+            {"n_prompt": 0, "n_gen": 3, "n_threads": 2, "avg_ts": 50.0, "stddev_ts": 0.5, "model_type": "TQ2_0"}]
+    binary.write_text(f"#!/bin/sh\necho '{json.dumps(rows)}'\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
+    got = llama_cpp(binary, [tmp_path / "m.gguf"], [2], 4, 3, 1)
+    assert [(r["test"], r["tokens_per_s"], r["threads"]) for r in got] == [("prefill", 100.0, 2), ("decode", 50.0, 2)]
