@@ -351,11 +351,13 @@ static float *normed_rows(ryot_engine *e, const float *x, int64_t x_stride, cons
 }
 
 /* ---- attention ---------------------------------------------------------------------------- */
-static uint8_t *cache_at(const ryot_engine *e, uint8_t *cache, int64_t layer, int64_t slot, int64_t head,
-                         int64_t position) {
+/* The cache of one layer, sequence slot and KV head: max_len x head_dim entries. Values
+ * are [position][head_dim]; keys are transposed, [head_dim][position], so the scores of
+ * 16 positions are 16 lanes of plain multiply-adds (no horizontal sums). */
+static uint8_t *cache_at(const ryot_engine *e, uint8_t *cache, int64_t layer, int64_t slot, int64_t head) {
     const ryot_model *md = e->model;
-    const int64_t index = ((layer * e->slots + slot) * md->kv_heads + head) * e->max_len + position;
-    return cache + index * md->head_dim * e->kv_elem;
+    const int64_t index = (layer * e->slots + slot) * md->kv_heads + head;
+    return cache + index * e->max_len * md->head_dim * e->kv_elem;
 }
 
 static void rope(float *v, const ryot_model *md, int64_t position) {
@@ -368,9 +370,22 @@ static void rope(float *v, const ryot_model *md, int64_t position) {
     }
 }
 
-static void cache_write(const ryot_engine *e, uint8_t *to, const float *from) {
-    if (e->kv_kind == KV_FP16) ryot_f16_from_f32(from, (uint16_t *)to, e->model->head_dim, e->isa);
-    else memcpy(to, from, sizeof(float) * (size_t)e->model->head_dim);
+/* Key `k` (head_dim entries) into column `position` of a transposed key cache. */
+static void cache_write_key(const ryot_engine *e, uint8_t *keys, int64_t position, const float *k) {
+    const int64_t hd = e->model->head_dim;
+    if (e->kv_kind == KV_FP16) {
+        uint16_t half[hd];
+        ryot_f16_from_f32(k, half, hd, e->isa);
+        for (int64_t d = 0; d < hd; d++) ((uint16_t *)keys)[d * e->max_len + position] = half[d];
+    } else {
+        for (int64_t d = 0; d < hd; d++) ((float *)keys)[d * e->max_len + position] = k[d];
+    }
+}
+
+static void cache_write_value(const ryot_engine *e, uint8_t *values, int64_t position, const float *v) {
+    const int64_t hd = e->model->head_dim;
+    if (e->kv_kind == KV_FP16) ryot_f16_from_f32(v, (uint16_t *)values + position * hd, hd, e->isa);
+    else memcpy((float *)values + position * hd, v, sizeof(float) * (size_t)hd);
 }
 
 static void attention(ryot_engine *e, int64_t layer, int64_t rows, const int32_t *slots, const int32_t *positions,
@@ -384,8 +399,8 @@ static void attention(ryot_engine *e, int64_t layer, int64_t rows, const int32_t
         const int64_t m = item / md->kv_heads, g = item % md->kv_heads;
         float *k = e->qkv + m * stride + q_dim + g * hd, *v = k + kv_dim;
         rope(k, md, positions[m]);
-        cache_write(e, cache_at(e, e->keys, layer, slots[m], g, positions[m]), k);
-        cache_write(e, cache_at(e, e->values, layer, slots[m], g, positions[m]), v);
+        cache_write_key(e, cache_at(e, e->keys, layer, slots[m], g), positions[m], k);
+        cache_write_value(e, cache_at(e, e->values, layer, slots[m], g), positions[m], v);
     }
     part(rows * md->heads, me, count, &first, &last);
     for (int64_t item = first; item < last; item++) rope(e->qkv + (item / md->heads) * stride + (item % md->heads) * hd,
@@ -396,8 +411,8 @@ static void attention(ryot_engine *e, int64_t layer, int64_t rows, const int32_t
     float *scores = e->own[me].scores;
     for (int64_t item = first; item < last; item++) {
         const int64_t m = item / md->heads, h = item % md->heads, g = h / group;
-        ryot_attend(e->qkv + m * stride + h * hd, cache_at(e, e->keys, layer, slots[m], g, 0),
-                    cache_at(e, e->values, layer, slots[m], g, 0), positions[m] + 1, hd, half, inv_sqrt, scores,
+        ryot_attend(e->qkv + m * stride + h * hd, cache_at(e, e->keys, layer, slots[m], g), e->max_len,
+                    cache_at(e, e->values, layer, slots[m], g), positions[m] + 1, hd, half, inv_sqrt, scores,
                     e->attn + m * q_dim + h * hd, e->isa);
     }
 #pragma omp barrier
@@ -492,11 +507,13 @@ void ryot_engine_profile(ryot_engine *e, int on, double *seconds) {
 int ryot_engine_copy_slot(ryot_engine *e, int64_t from, int64_t to, int64_t length) {
     const ryot_model *md = e->model;
     if (from < 0 || from >= e->slots || to < 0 || to >= e->slots || length < 0 || length > e->max_len) return -1;
-    const size_t bytes = (size_t)(length * md->head_dim * e->kv_elem);
+    const int64_t hd = md->head_dim, elem = e->kv_elem;
     for (int64_t l = 0; l < md->layers; l++)
         for (int64_t g = 0; g < md->kv_heads; g++) {
-            memcpy(cache_at(e, e->keys, l, to, g, 0), cache_at(e, e->keys, l, from, g, 0), bytes);
-            memcpy(cache_at(e, e->values, l, to, g, 0), cache_at(e, e->values, l, from, g, 0), bytes);
+            uint8_t *keys = cache_at(e, e->keys, l, to, g), *source = cache_at(e, e->keys, l, from, g);
+            for (int64_t d = 0; d < hd; d++) /* a row of positions per head dimension */
+                memcpy(keys + d * e->max_len * elem, source + d * e->max_len * elem, (size_t)(length * elem));
+            memcpy(cache_at(e, e->values, l, to, g), cache_at(e, e->values, l, from, g), (size_t)(length * hd * elem));
         }
     return 0;
 }

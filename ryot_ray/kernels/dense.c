@@ -21,7 +21,9 @@
 static int has_avx512(void) {
 #ifdef RYOT_X86
     static int known = -1;
-    if (known < 0) known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    if (known < 0)
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl");
     return known;
 #else
     return 0;
@@ -37,7 +39,7 @@ static int has_avx2(void) {
 #endif
 
 /* The AVX-512 vector ops run where the caller allows AVX-512 and the CPU has it. */
-static int wide(int isa) { return isa == RYOT_ISA_AVX512VNNI && has_avx512(); }
+static int wide(int isa) { return isa >= RYOT_ISA_AVX512VNNI && has_avx512(); }
 
 /* ---- int8 rows ---------------------------------------------------------------------- */
 PORTABLE void int8_groups_portable(const uint8_t *xu, int64_t m_rows, int64_t k_padded, const int8_t *w,
@@ -109,7 +111,7 @@ int8_groups_avx512(const uint8_t *xu, int64_t m_rows, int64_t k_padded, const in
 void ryot_int8_groups(const uint8_t *xu, int64_t m_rows, int64_t k_padded, const int8_t *w, int64_t group0,
                       int64_t group1, int isa, int32_t *acc, int64_t acc_stride) {
 #ifdef RYOT_X86
-    if (isa == RYOT_ISA_AVX512VNNI) return int8_groups_avx512(xu, m_rows, k_padded, w, group0, group1, acc, acc_stride);
+    if (isa >= RYOT_ISA_AVX512VNNI) return int8_groups_avx512(xu, m_rows, k_padded, w, group0, group1, acc, acc_stride);
     if (isa >= RYOT_ISA_AVX2) return int8_groups_avx2(xu, m_rows, k_padded, w, group0, group1, acc, acc_stride);
 #endif
     (void)isa;
@@ -204,7 +206,7 @@ f32_rows_avx512(const float *x, int64_t m_rows, int64_t k, int64_t x_stride, con
 void ryot_f32_rows(const float *x, int64_t m_rows, int64_t k, int64_t x_stride, const float *w, int64_t row0,
                    int64_t row1, int isa, float *y, int64_t y_stride) {
 #ifdef RYOT_X86
-    if (isa == RYOT_ISA_AVX512VNNI && has_avx512()) return f32_rows_avx512(x, m_rows, k, x_stride, w, row0, row1, y, y_stride);
+    if (isa >= RYOT_ISA_AVX512VNNI && has_avx512()) return f32_rows_avx512(x, m_rows, k, x_stride, w, row0, row1, y, y_stride);
     if (isa >= RYOT_ISA_AVX2 && has_avx2()) return f32_rows_avx2(x, m_rows, k, x_stride, w, row0, row1, y, y_stride);
 #endif
     (void)isa;
@@ -327,31 +329,50 @@ __attribute__((target("avx512f"))) static void f32_from_f16_avx512(const uint16_
 #ifdef RYOT_X86
 #define ATTEND_MAX_VECTORS 16 /* head_dim up to 256 in registers */
 
-__attribute__((target("avx512f"), always_inline)) static inline __m512 row_avx512(const void *rows, int half,
-                                                                                     int64_t index) {
-    if (half) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)rows + index)));
-    return _mm512_loadu_ps((const float *)rows + index);
+/* 16 entries of a row of fp32 or half values from `index` on; lanes past `mask` are 0. */
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) static inline __m512 load16(const void *rows, int half,
+                                                                               int64_t index, __mmask16 mask) {
+    if (half) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)rows + index));
+    return _mm512_maskz_loadu_ps(mask, (const float *)rows + index);
 }
 
-__attribute__((target("avx512f"))) static void attend_avx512(const float *q, const void *keys, const void *values,
-                                                             int64_t n, int64_t hd, int half, float scale,
-                                                             float *scores, float *out) {
-    const int64_t vectors = hd / 16;
-    __m512 query[ATTEND_MAX_VECTORS], sum[ATTEND_MAX_VECTORS];
-    for (int64_t d = 0; d < vectors; d++) query[d] = _mm512_loadu_ps(q + 16 * d);
-    for (int64_t j = 0; j < n; j++) {
-        __m512 dot = _mm512_setzero_ps();
-        for (int64_t d = 0; d < vectors; d++) dot = _mm512_fmadd_ps(query[d], row_avx512(keys, half, j * hd + 16 * d), dot);
-        scores[j] = _mm512_reduce_add_ps(dot) * scale;
+/* Scores 64 positions at a time (four independent sums, so the multiply-adds' latency is
+ * hidden); values summed over even and odd positions apart, for the same reason. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void
+attend_avx512(const float *q, const void *keys, int64_t key_stride, const void *values, int64_t n, int64_t hd,
+              int half, float scale, float *scores, float *out) {
+    for (int64_t j = 0; j < n; j += 64) {
+        __mmask16 mask[4];
+        __m512 dot[4];
+        for (int b = 0; b < 4; b++) {
+            const int64_t left = n - j - 16 * b;
+            mask[b] = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+            dot[b] = _mm512_setzero_ps();
+        }
+        for (int64_t d = 0; d < hd; d++) {
+            const __m512 qd = _mm512_set1_ps(q[d]);
+            for (int b = 0; b < 4; b++)
+                dot[b] = _mm512_fmadd_ps(qd, load16(keys, half, d * key_stride + j + 16 * b, mask[b]), dot[b]);
+        }
+        for (int b = 0; b < 4; b++)
+            _mm512_mask_storeu_ps(scores + j + 16 * b, mask[b], _mm512_mul_ps(dot[b], _mm512_set1_ps(scale)));
     }
     ryot_softmax(scores, n, RYOT_ISA_AVX512VNNI);
-    for (int64_t d = 0; d < vectors; d++) sum[d] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < n; j++) {
-        const __m512 weight = _mm512_set1_ps(scores[j]);
-        for (int64_t d = 0; d < vectors; d++)
-            sum[d] = _mm512_fmadd_ps(weight, row_avx512(values, half, j * hd + 16 * d), sum[d]);
+    const int64_t vectors = hd / 16;
+    __m512 even[ATTEND_MAX_VECTORS], odd[ATTEND_MAX_VECTORS];
+    for (int64_t d = 0; d < vectors; d++) even[d] = odd[d] = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+        const __m512 w0 = _mm512_set1_ps(scores[j]), w1 = _mm512_set1_ps(scores[j + 1]);
+        for (int64_t d = 0; d < vectors; d++) {
+            even[d] = _mm512_fmadd_ps(w0, load16(values, half, j * hd + 16 * d, 0xffff), even[d]);
+            odd[d] = _mm512_fmadd_ps(w1, load16(values, half, (j + 1) * hd + 16 * d, 0xffff), odd[d]);
+        }
     }
-    for (int64_t d = 0; d < vectors; d++) _mm512_storeu_ps(out + 16 * d, sum[d]);
+    if (j < n)
+        for (int64_t d = 0; d < vectors; d++)
+            even[d] = _mm512_fmadd_ps(_mm512_set1_ps(scores[j]), load16(values, half, j * hd + 16 * d, 0xffff), even[d]);
+    for (int64_t d = 0; d < vectors; d++) _mm512_storeu_ps(out + 16 * d, _mm512_add_ps(even[d], odd[d]));
 }
 #endif
 
@@ -359,17 +380,16 @@ static float row_value(const void *rows, int half, int64_t index) {
     return half ? f32_portable(((const uint16_t *)rows)[index]) : ((const float *)rows)[index];
 }
 
-void ryot_attend(const float *q, const void *keys, const void *values, int64_t n, int64_t hd, int half, float scale,
-                 float *scores, float *out, int isa) {
+void ryot_attend(const float *q, const void *keys, int64_t key_stride, const void *values, int64_t n, int64_t hd,
+                 int half, float scale, float *scores, float *out, int isa) {
 #ifdef RYOT_X86
     if (wide(isa) && hd % 16 == 0 && hd / 16 <= ATTEND_MAX_VECTORS)
-        return attend_avx512(q, keys, values, n, hd, half, scale, scores, out);
+        return attend_avx512(q, keys, key_stride, values, n, hd, half, scale, scores, out);
 #endif
-    for (int64_t j = 0; j < n; j++) {
-        float dot = 0.0f;
-        for (int64_t d = 0; d < hd; d++) dot += q[d] * row_value(keys, half, j * hd + d);
-        scores[j] = dot * scale;
-    }
+    for (int64_t j = 0; j < n; j++) scores[j] = 0.0f;
+    for (int64_t d = 0; d < hd; d++)
+        for (int64_t j = 0; j < n; j++) scores[j] += q[d] * row_value(keys, half, d * key_stride + j);
+    for (int64_t j = 0; j < n; j++) scores[j] *= scale;
     ryot_softmax(scores, n, isa);
     memset(out, 0, sizeof(float) * (size_t)hd);
     for (int64_t j = 0; j < n; j++)

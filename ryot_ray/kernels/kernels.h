@@ -10,8 +10,9 @@
 
 #include <stdint.h>
 
-/* ISA paths, best last; the library picks the best the CPU runs unless told. */
-enum { RYOT_ISA_SCALAR = 0, RYOT_ISA_AVX2 = 1, RYOT_ISA_AVXVNNI = 2, RYOT_ISA_AVX512VNNI = 3 };
+/* ISA paths, best last; the library picks the best the CPU runs unless told. AMX is
+ * AVX-512 VNNI plus the int8 tile unit (Xeon), used for several tokens at a time. */
+enum { RYOT_ISA_SCALAR = 0, RYOT_ISA_AVX2 = 1, RYOT_ISA_AVXVNNI = 2, RYOT_ISA_AVX512VNNI = 3, RYOT_ISA_AMX = 4 };
 
 #define RYOT_GROUP 16            /* ternary rows per 64-byte block, and k per block */
 #define RYOT_MAX_NR 8            /* row groups per tile (the tile-size knob) */
@@ -21,6 +22,8 @@ enum { RYOT_ISA_SCALAR = 0, RYOT_ISA_AVX2 = 1, RYOT_ISA_AVXVNNI = 2, RYOT_ISA_AV
 #define RYOT_TILE_CHOICES 4
 #define RYOT_PREFETCH_BYTES 4096 /* how far ahead of the one-token kernel memory is asked for */
 #define RYOT_UNPACK_MIN_TOKENS 9 /* from this many tokens a tile is unpacked once and reused */
+#define RYOT_AMX_MIN_TOKENS 9    /* from this many tokens the AMX path runs (fewer: VNNI) */
+#define RYOT_AMX_GROUPS 4        /* row groups the AMX path sums at once (a C tile each) */
 #define RYOT_COLUMN_BLOCK 256    /* output rows the sparse column kernel sums in registers */
 #define RYOT_COLUMN_GROUP 16     /* kept columns per prefetch group (8 to 16 measured best) */
 #define RYOT_INT8_ROWS 16        /* rows per group of the int8-row layout */
@@ -82,10 +85,11 @@ void ryot_rms_norm(const float *x, int64_t k, const float *weight, float eps, fl
 void ryot_silu_mul(const float *gate, const float *up, int64_t n, float *out, int isa);
 /* x = softmax(x) over n entries */
 void ryot_softmax(float *x, int64_t n, int isa);
-/* out[hd] = softmax(scale * q . keys[j]) . values[j] over positions j < n, whose rows are
- * hd apart, fp32 or IEEE half (`half`); scores holds n floats. */
-void ryot_attend(const float *q, const void *keys, const void *values, int64_t n, int64_t hd, int half, float scale,
-                 float *scores, float *out, int isa);
+/* out[hd] = softmax(scale * q . key_j) . value_j over positions j < n: keys transposed
+ * (entry d of key j at keys[d * key_stride + j]), values [position][hd], both fp32 or IEEE
+ * half (`half`); scores holds n floats. */
+void ryot_attend(const float *q, const void *keys, int64_t key_stride, const void *values, int64_t n, int64_t hd,
+                 int half, float scale, float *scores, float *out, int isa);
 /* IEEE half precision, round to nearest even */
 void ryot_f16_from_f32(const float *x, uint16_t *out, int64_t n, int isa);
 void ryot_f32_from_f16(const uint16_t *x, float *out, int64_t n, int isa);

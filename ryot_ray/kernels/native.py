@@ -14,7 +14,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
-ISAS = ("scalar", "avx2", "avx_vnni", "avx512_vnni")  # index = the library's ISA number
+ISAS = ("scalar", "avx2", "avx_vnni", "avx512_vnni", "amx_int8")  # index = the library's ISA number
 KERNELS_MODULE = "ryot_ray.kernels._ternary"
 
 
@@ -58,7 +58,7 @@ KERNEL_SIGNATURES = {
     "ryot_f32_from_f16": (None, [P, P, I64, INT]),
     "ryot_softmax": (None, [P, I64, INT]),
     "ryot_silu_mul": (None, [P, P, I64, P, INT]),
-    "ryot_attend": (None, [P, P, P, I64, I64, INT, F32, P, P, INT]),
+    "ryot_attend": (None, [P, P, I64, P, I64, I64, INT, F32, P, P, INT]),
 }
 
 

@@ -15,6 +15,7 @@
  * No Python or torch headers: the library builds in about a second and is called through
  * ctypes. Each ISA path is compiled with its own target attribute and chosen at run time.
  */
+#define _GNU_SOURCE /* syscall(): AMX needs the kernel's permission */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -24,12 +25,15 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #define RYOT_X86 1
 #endif
 
 enum { ISA_SCALAR = RYOT_ISA_SCALAR, ISA_AVX2 = RYOT_ISA_AVX2, ISA_AVXVNNI = RYOT_ISA_AVXVNNI,
-       ISA_AVX512VNNI = RYOT_ISA_AVX512VNNI };
+       ISA_AVX512VNNI = RYOT_ISA_AVX512VNNI, ISA_AMX = RYOT_ISA_AMX };
 #define MAX_MR RYOT_MAX_MR
 #define MAX_NR RYOT_MAX_NR
 #define PREFETCH_BYTES RYOT_PREFETCH_BYTES
@@ -42,21 +46,37 @@ const int32_t ryot_group = RYOT_GROUP, ryot_max_nr = RYOT_MAX_NR, ryot_max_mr = 
               ryot_tile_rows[RYOT_TILE_CHOICES] = RYOT_TILE_ROWS;
 const float ryot_quant_eps = RYOT_QUANT_EPS;
 
+#ifdef RYOT_X86
+/* AMX tiles and int8 dot products on this CPU, and Linux's permission to use them
+ * (asked once for the whole process). */
+static int amx_usable(void) {
+    static int state = -1;
+    if (state < 0) {
+        unsigned a, b, c, d;
+        int ok = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 25));
+        enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+        state = ok && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    }
+    return state;
+}
+#endif
+
 int ryot_isa_supported(int isa) {
     if (isa == ISA_SCALAR) return 1;
 #ifdef RYOT_X86
     __builtin_cpu_init();
     if (isa == ISA_AVX2) return __builtin_cpu_supports("avx2");
     if (isa == ISA_AVXVNNI) return __builtin_cpu_supports("avxvnni");
-    if (isa == ISA_AVX512VNNI)
-        return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+    const int avx512 = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+    if (isa == ISA_AVX512VNNI) return avx512;
+    if (isa == ISA_AMX) return avx512 && amx_usable();
 #endif
     return 0;
 }
 
 int ryot_best_isa(void) {
     int best = ISA_SCALAR;
-    for (int isa = ISA_AVX2; isa <= ISA_AVX512VNNI; isa++)
+    for (int isa = ISA_AVX2; isa <= ISA_AMX; isa++)
         if (ryot_isa_supported(isa)) best = isa;
     return best;
 }
@@ -187,8 +207,12 @@ tile_avx512_fixed(const int8_t *xq, int64_t k_padded, const int mr, const uint8_
     for (int m = 0; m < mr; m++)
         for (int g = 0; g < nr; g++) acc[m][g] = _mm512_setzero_si512();
     const __m512i low2 = _mm512_set1_epi8(3);
+    const int64_t used = kblocks * nr * 64;
     for (int64_t kb = 0; kb < kblocks; kb++) {
         for (int g = 0; g < nr; g++) {
+            int64_t ahead = (kb * nr + g) * 64 + PREFETCH_BYTES; /* as for one token */
+            if (ahead >= used) ahead += stride - used;
+            _mm_prefetch((const char *)(w + ahead), _MM_HINT_T0);
             __m512i block = _mm512_loadu_si512((const void *)(w + (kb * nr + g) * 64));
             for (int p = 0; p < 4; p++) {
                 __m512i codes = _mm512_and_si512(_mm512_srli_epi16(block, 2 * p), low2);
@@ -344,7 +368,7 @@ typedef void (*tile_fn)(const int8_t *, int64_t, int64_t, const uint8_t *, int64
 
 static tile_fn tile_for(int isa) {
 #ifdef RYOT_X86
-    if (isa == ISA_AVX512VNNI) return tile_avx512;
+    if (isa >= ISA_AVX512VNNI) return tile_avx512;
     if (isa == ISA_AVXVNNI) return tile_avxvnni;
     if (isa == ISA_AVX2) return tile_avx2;
 #endif
@@ -352,11 +376,113 @@ static tile_fn tile_for(int isa) {
     return tile_scalar;
 }
 
-int64_t ryot_unpack_bytes(int64_t k_padded, int64_t nr) { return k_padded / 16 * nr * 64 * 4; }
+#ifdef RYOT_X86
+/* ---- AMX: several tokens at a time on the int8 tile unit -----------------------------
+ * Row groups are taken four at a time (across tile boundaries: tile t's group g is flat
+ * group nr t + g) and unpacked to one byte per code along K: [group][kblock][field][64].
+ * Field p of block kb is 16 rows x the 4 k 16 kb + 4 p .. + 3, which is exactly one
+ * 64-byte row of an AMX B tile (k quads x 16 columns), so 16 consecutive rows (4 blocks)
+ * are the B tile of a 64-wide K chunk. The A tile is 64 int8 activations of up to 16
+ * tokens; C += A . B sums 16 tokens x 16 rows in int32, four groups' C tiles side by
+ * side so four dot products are in flight. K chunks past the weight's end are zero
+ * codes; the last chunk's activations are copied into a zeroed row block, so nothing is
+ * read past either buffer. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* RYOT_AMX_GROUPS C tiles 0-3 (one per group), A tile 4, B tiles 5-7 in turn */
+
+__attribute__((target("amx-tile"))) static void configure_tiles(int tokens) {
+    tile_config config;
+    memset(&config, 0, sizeof(config));
+    config.palette = 1;
+    for (int t = 0; t <= 4; t++) config.rows[t] = (uint8_t)tokens, config.colsb[t] = 64;
+    for (int t = 5; t <= 7; t++) config.rows[t] = 16, config.colsb[t] = 64;
+    _tile_loadconfig(&config);
+}
+
+static int64_t amx_chunks(int64_t k_padded) { return (k_padded / 16 + 3) / 4; }
+
+/* One group's codes, one byte each, from its blocks `block_stride` bytes apart. */
+__attribute__((target("avx512f,avx512bw"))) static void unpack_group_avx512(const uint8_t *w, int64_t kblocks,
+                                                                            int64_t block_stride, uint8_t *codes) {
+    const __m512i low2 = _mm512_set1_epi8(3);
+    for (int64_t kb = 0; kb < kblocks; kb++) {
+        const __m512i block = _mm512_loadu_si512((const void *)(w + kb * block_stride));
+        for (int p = 0; p < 4; p++)
+            _mm512_storeu_si512((void *)(codes + (kb * 4 + p) * 64),
+                                _mm512_and_si512(_mm512_srli_epi16(block, 2 * p), low2));
+    }
+    memset(codes + kblocks * 256, 0, (size_t)(amx_chunks(kblocks * 16) * 1024 - kblocks * 256));
+}
+
+/* C tile I += A . (group I's B tile of chunk c), B tile 5 + I % 3 */
+#define AMX_GROUP(I, C_TILE, B_TILE)                                   \
+    if (I < groups) {                                                  \
+        _tile_loadd(B_TILE, codes + (I) * group_bytes + c * 1024, 64); \
+        _tile_dpbsud(C_TILE, 4, B_TILE);                               \
+    }
+
+__attribute__((target("avx512f,avx512bw,amx-tile,amx-int8"))) static void
+tiles_amx(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *packed, int64_t tile_bytes, int64_t nr,
+          int64_t first, int64_t last, uint8_t *scratch, int32_t *acc, int64_t acc_stride) {
+    const int64_t chunks = amx_chunks(k_padded), group_bytes = chunks * 1024, full = k_padded / 64;
+    uint8_t *codes = scratch;
+    int8_t *tail = (int8_t *)(scratch + RYOT_AMX_GROUPS * group_bytes); /* 16 tokens x 64 activations */
+    int configured = 0;
+    for (int64_t flat = first * nr; flat < last * nr; flat += RYOT_AMX_GROUPS) {
+        const int64_t groups = last * nr - flat < RYOT_AMX_GROUPS ? last * nr - flat : RYOT_AMX_GROUPS;
+        for (int64_t i = 0; i < groups; i++)
+            unpack_group_avx512(packed + (flat + i) / nr * tile_bytes + (flat + i) % nr * 64, k_padded / 16, nr * 64,
+                                codes + i * group_bytes);
+        for (int64_t m0 = 0; m0 < m_rows; m0 += 16) {
+            const int tokens = (int)(m_rows - m0 < 16 ? m_rows - m0 : 16);
+            if (tokens != configured) configure_tiles(configured = tokens);
+            if (full < chunks) { /* the last chunk's activations, zero past k_padded */
+                memset(tail, 0, 16 * 64);
+                for (int m = 0; m < tokens; m++)
+                    memcpy(tail + m * 64, xq + (m0 + m) * k_padded + full * 64, (size_t)(k_padded - full * 64));
+            }
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t c = 0; c < chunks; c++) {
+                if (c < full) _tile_loadd(4, xq + m0 * k_padded + c * 64, k_padded);
+                else _tile_loadd(4, tail, 64);
+                AMX_GROUP(0, 0, 5)
+                AMX_GROUP(1, 1, 6)
+                AMX_GROUP(2, 2, 7)
+                AMX_GROUP(3, 3, 5)
+            }
+            int32_t *y = acc + m0 * acc_stride + flat * 16;
+            _tile_stored(0, y, acc_stride * 4);
+            if (groups > 1) _tile_stored(1, y + 16, acc_stride * 4);
+            if (groups > 2) _tile_stored(2, y + 32, acc_stride * 4);
+            if (groups > 3) _tile_stored(3, y + 48, acc_stride * 4);
+        }
+    }
+    if (configured) _tile_release();
+}
+#endif
+
+/* The unpacked tile, or four AMX groups (rounded to whole K chunks) and a row block of
+ * activations for the AMX tail. */
+int64_t ryot_unpack_bytes(int64_t k_padded, int64_t nr) {
+    const int64_t groups = nr > RYOT_AMX_GROUPS ? nr : RYOT_AMX_GROUPS;
+    return (k_padded / 64 + 1) * 1024 * groups + 16 * 64;
+}
 
 void ryot_ternary_tiles(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *packed,
                         int64_t tile_bytes, int64_t nr, int64_t mr, int64_t first, int64_t last, int isa,
                         uint8_t *scratch, int32_t *acc, int64_t acc_stride) {
+#ifdef RYOT_X86
+    if (isa == ISA_AMX && m_rows >= RYOT_AMX_MIN_TOKENS && scratch)
+        return tiles_amx(xq, m_rows, k_padded, packed, tile_bytes, nr, first, last, scratch, acc, acc_stride);
+#endif
     if (mr * nr > RYOT_MAX_ACCUMULATORS) mr = RYOT_MAX_ACCUMULATORS / nr; /* same result, in registers */
     if (mr < 1) mr = 1;
     const tile_fn tile = tile_for(isa);
@@ -364,13 +490,15 @@ void ryot_ternary_tiles(const int8_t *xq, int64_t m_rows, int64_t k_padded, cons
         const uint8_t *w = packed + t * tile_bytes;
 #ifdef RYOT_X86
         /* prefill: unpack the tile once, then run every block of tokens over it */
-        const int unpack = isa == ISA_AVX512VNNI && m_rows >= RYOT_UNPACK_MIN_TOKENS && scratch;
+        const int unpack = isa >= ISA_AVX512VNNI && m_rows >= RYOT_UNPACK_MIN_TOKENS && scratch;
         if (unpack) unpack_tile_avx512(w, k_padded / 16, nr, scratch);
 #else
         const int unpack = 0;
 #endif
-        for (int64_t m0 = 0; m0 < m_rows; m0 += mr) {
-            const int64_t rows = m_rows - m0 < mr ? m_rows - m0 : mr;
+        for (int64_t m0 = 0, rows = 0; m0 < m_rows; m0 += rows) {
+            /* a power of two of tokens at a time: those (with mr x nr <= 16) have kernels;
+             * any other count would fall to the scalar one */
+            for (rows = 1; rows * 2 <= mr && m0 + rows * 2 <= m_rows; rows *= 2) {}
             int32_t *y = acc + m0 * acc_stride + t * 16 * nr;
 #ifdef RYOT_X86
             if (unpack && tile_unpacked(xq + m0 * k_padded, k_padded, rows, scratch, nr, y, acc_stride)) continue;
@@ -602,7 +730,7 @@ COLUMN_256(column_block_avxvnni, "avx2,avxvnni", dot_avxvnni)
 /* The AVX-512 kernel needs VBMI (vpermb); without it the AVX2 kernel runs. */
 static column_block_fn column_block_for(int isa) {
 #ifdef RYOT_X86
-    if (isa == ISA_AVX512VNNI && __builtin_cpu_supports("avx512vbmi")) return column_block_avx512;
+    if (isa >= ISA_AVX512VNNI && __builtin_cpu_supports("avx512vbmi")) return column_block_avx512;
     if (isa >= ISA_AVXVNNI && __builtin_cpu_supports("avxvnni")) return column_block_avxvnni;
     if (isa >= ISA_AVX2) return column_block_avx2;
 #endif

@@ -82,3 +82,25 @@ def test_softmax_and_silu(isa):
     library().ryot_silu_mul(ptr(gate), ptr(up), len(x), ptr(out), ISAS.index(isa))
     g = gate.astype(np.float64)
     assert np.allclose(out, g / (1 + np.exp(-g)) * up, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("half", [False, True])
+@pytest.mark.parametrize("n, hd", [(1, 16), (17, 16), (40, 64), (33, 8)])
+def test_attention_over_transposed_keys(isa, half, n, hd):
+    available(isa)
+    rng = np.random.default_rng(n + hd)
+    q = rng.standard_normal(hd, dtype=np.float32)
+    keys, values = rng.standard_normal((n, hd), dtype=np.float32), rng.standard_normal((n, hd), dtype=np.float32)
+    if half:
+        keys, values = keys.astype(np.float16).astype(np.float32), values.astype(np.float16).astype(np.float32)
+    stride = n + 5  # positions per key row: the cache's length, not the positions in use
+    stored = np.zeros((hd, stride), dtype=np.float16 if half else np.float32)
+    stored[:, :n] = keys.T
+    values_stored = values.astype(np.float16 if half else np.float32)
+    scores, out = np.zeros(stride, dtype=np.float32), np.zeros(hd, dtype=np.float32)
+    library().ryot_attend(ptr(q), ptr(stored), stride, ptr(values_stored), n, hd, int(half), np.float32(0.3),
+                          ptr(scores), ptr(out), ISAS.index(isa))
+    s = keys.astype(np.float64) @ q * 0.3
+    p = np.exp(s - s.max())
+    assert np.allclose(out, (p / p.sum()) @ values, rtol=1e-5, atol=1e-6)
