@@ -123,7 +123,7 @@ class InferenceConfig:
     temperature: float = field(default=0.7, metadata=_at_least(0.0))
     top_p: float = field(default=0.95, metadata=_between(0.0, 1.0))
     ffn_level: int = field(default=0, metadata=_at_least(0))  # nested FFN width: 0 full, 1 half, ...
-    tile_size: int | None = field(default=None, metadata=_between(1, 8))  # 16-row groups; None: autotuned
+    tile_size: int | None = field(default=None, metadata=_at_least(1))  # 16-row groups; None: autotuned
     int8_embeddings: bool = False  # int8 embeddings and lm_head (lossy: measured by validate)
     kv_cache: str = field(default="fp32", metadata=_choices("fp32", "fp16"))  # fp16: half the cache (lossy)
 
@@ -196,10 +196,23 @@ def _check_compression_knobs(config: Config, source: Path) -> None:
     if config.inference.ffn_level >= model.mrl_depth:
         raise ConfigError(f"{source}: inference.ffn_level: {config.inference.ffn_level} needs model.mrl_depth "
                           f"above it (the model has {model.mrl_depth} nested width(s))")
+    _check_tile(config.inference.tile_size, source)
     knobs = (model.mrl_depth > 1, model.sparse_k != 1, model.activation_compression != "none")
     if model.quantization != "bitnet" and any(knobs):
         raise ConfigError(f"{source}: model.mrl_depth, sparse_k and activation_compression are BitNet knobs; "
                           f"the {model.quantization!r} reference is dense, full width")
+
+
+def _check_tile(tile_size: int | None, source: Path) -> None:
+    """Only tile sizes that have kernels; the native library says which (a leaf module,
+    loaded here lazily). Without it the torch fallback runs and ignores the tile."""
+    if tile_size is None:
+        return
+    from ryot_ray.kernels.native import constants, kernels
+
+    if kernels()[0] is not None and tile_size not in constants().tile_rows:
+        allowed = ", ".join(map(str, constants().tile_rows))
+        raise ConfigError(f"{source}: inference.tile_size: {tile_size} has no kernel (one of {allowed})")
 
 
 def with_overrides(config: Config, overrides: list[str], source: str) -> Config:

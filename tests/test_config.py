@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from ryot_ray.config import Config, ConfigError, load_config
+from native_marks import needs_native
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,8 @@ BAD_INPUTS = [
     ("model:\n  activation_compression: fp8\n", "model.activation_compression: 'fp8' is not one of none, int8"),
     ("model:\n  quantization: none\n  mrl_depth: 2\n", "are BitNet knobs; the 'none' reference is dense"),
     ("inference:\n  ffn_level: 1\n", "inference.ffn_level: 1 needs model.mrl_depth above it"),
-    ("inference:\n  tile_size: 9\n", "inference.tile_size: 9 is above the maximum 8"),
+    ("inference:\n  tile_size: 0\n", "inference.tile_size: 0 is below the minimum 1"),
+    ("inference:\n  kv_cache: int4\n", "inference.kv_cache: 'int4' is not one of fp32, fp16"),
     ("inference:\n  rlvr_paths: 0\n", "inference.rlvr_paths: 0 is below the minimum 1"),
 ]
 
@@ -96,3 +98,11 @@ def test_missing_file(tmp_path):
 def test_bad_override(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(REPO / "configs" / "smoke.yaml", [override])
+
+
+@needs_native
+def test_a_tile_size_without_a_kernel_is_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("inference:\n  tile_size: 3\n")
+    with pytest.raises(ConfigError, match=r"inference.tile_size: 3 has no kernel \(one of 1, 2, 4, 8\)"):
+        load_config(path)

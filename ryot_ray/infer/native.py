@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from ryot_ray.infer.model_file import FrozenModel
-from ryot_ray.kernels.native import ISAS, declare, isa_number, load, native_isas, required
+from ryot_ray.kernels.native import ISAS, isa_number, load, native_isas, required
 from ryot_ray.model.widths import kept_activations
 
 ENGINE_MODULE = "ryot_ray.infer._engine"
@@ -58,10 +58,7 @@ PHASES = ("embedding", "qkv", "attention", "o", "gate_up", "down", "head")  # en
 
 @functools.cache
 def engine_library() -> tuple[ctypes.CDLL | None, str]:
-    library, detail = load(ENGINE_MODULE)
-    if library is not None:
-        declare(library, SIGNATURES)
-    return library, detail
+    return load(ENGINE_MODULE, SIGNATURES)
 
 
 def available() -> bool:

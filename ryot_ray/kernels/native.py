@@ -22,22 +22,20 @@ class NativeUnavailable(RuntimeError):
     """The native library this needs is not there; the message says why."""
 
 
-def load(module: str) -> tuple[ctypes.CDLL | None, str]:
-    """(library, where it was loaded from) or (None, why it is missing)."""
+def load(module: str, signatures: dict[str, tuple]) -> tuple[ctypes.CDLL | None, str]:
+    """(library, where it was loaded from) or (None, why it is missing); the library's
+    functions get their `name: (restype, [argtypes])` signatures."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         return None, f"the native library {module} was not built at install time (no C compiler?)"
     try:
-        return ctypes.CDLL(spec.origin), spec.origin
+        library = ctypes.CDLL(spec.origin)
     except OSError as error:
         return None, f"the native library {spec.origin} cannot be loaded ({error})"
-
-
-def declare(library: ctypes.CDLL, signatures: dict[str, tuple]) -> None:
-    """Set restype and argtypes from `name: (restype, [argtypes])`."""
     for name, (restype, argtypes) in signatures.items():
         function = getattr(library, name)
         function.restype, function.argtypes = restype, argtypes
+    return library, spec.origin
 
 
 c = ctypes
@@ -64,10 +62,7 @@ KERNEL_SIGNATURES = {
 
 @functools.cache
 def kernels() -> tuple[ctypes.CDLL | None, str]:
-    library, detail = load(KERNELS_MODULE)
-    if library is not None:
-        declare(library, KERNEL_SIGNATURES)
-    return library, detail
+    return load(KERNELS_MODULE, KERNEL_SIGNATURES)
 
 
 def required(loaded: tuple[ctypes.CDLL | None, str]) -> ctypes.CDLL:

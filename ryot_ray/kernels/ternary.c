@@ -419,12 +419,71 @@ __attribute__((target("avx512f,avx512bw"))) static void unpack_group_avx512(cons
     memset(codes + kblocks * 256, 0, (size_t)(amx_chunks(kblocks * 16) * 1024 - kblocks * 256));
 }
 
-/* C tile I += A . (group I's B tile of chunk c), B tile 5 + I % 3 */
-#define AMX_GROUP(I, C_TILE, B_TILE)                                   \
-    if (I < groups) {                                                  \
-        _tile_loadd(B_TILE, codes + (I) * group_bytes + c * 1024, 64); \
-        _tile_dpbsud(C_TILE, 4, B_TILE);                               \
+
+/* C tile C_TILE += A (tile 4) . group I's B tile (its 16 rows of 64 bytes at B_ROWS),
+ * loaded into tile B_TILE; groups past `groups` are skipped. */
+#define AMX_GROUP(I, C_TILE, B_TILE, B_ROWS)      \
+    if (I < groups) {                             \
+        _tile_loadd(B_TILE, B_ROWS, 64);          \
+        _tile_dpbsud(C_TILE, 4, B_TILE);          \
     }
+
+/* Chunk c of one group, unpacked to one byte per code: 16 rows of 64 bytes (zero codes
+ * past the weight's kblocks). */
+__attribute__((target("avx512f,avx512bw"), always_inline)) static inline void
+unpack_chunk_avx512(const uint8_t *w, int64_t c, int64_t kblocks, int64_t block_stride, uint8_t *rows) {
+    const __m512i low2 = _mm512_set1_epi8(3);
+    for (int64_t b = 0; b < 4; b++) {
+        const int64_t kb = 4 * c + b;
+        const __m512i block = kb < kblocks ? _mm512_loadu_si512((const void *)(w + kb * block_stride))
+                                           : _mm512_set1_epi8(0);
+        for (int p = 0; p < 4; p++)
+            _mm512_storeu_si512((void *)(rows + (b * 4 + p) * 64),
+                                _mm512_and_si512(_mm512_srli_epi16(block, 2 * p), low2));
+    }
+}
+
+/* Up to 16 tokens (one A tile): each K chunk of four groups is unpacked into a 4 KB buffer
+ * that stays in L1, while the tile unit works on the other buffer. More tokens take
+ * `tiles_amx`, which unpacks a group set's whole K once for all its token blocks. */
+__attribute__((target("avx512f,avx512bw,amx-tile,amx-int8"))) static void
+tiles_amx_streamed(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *packed, int64_t tile_bytes,
+                   int64_t nr, int64_t first, int64_t last, uint8_t *scratch, int32_t *acc, int64_t acc_stride) {
+    const int64_t chunks = amx_chunks(k_padded), full = k_padded / 64, kblocks = k_padded / 16;
+    uint8_t *buffers = scratch; /* two sets of four groups x 1 KB */
+    int8_t *tail = (int8_t *)(scratch + 2 * RYOT_AMX_GROUPS * 1024);
+    configure_tiles((int)m_rows);
+    if (full < chunks) {
+        memset(tail, 0, 16 * 64);
+        for (int64_t m = 0; m < m_rows; m++)
+            memcpy(tail + m * 64, xq + m * k_padded + full * 64, (size_t)(k_padded - full * 64));
+    }
+    for (int64_t flat = first * nr; flat < last * nr; flat += RYOT_AMX_GROUPS) {
+        const int64_t groups = last * nr - flat < RYOT_AMX_GROUPS ? last * nr - flat : RYOT_AMX_GROUPS;
+        const uint8_t *group[RYOT_AMX_GROUPS];
+        for (int64_t i = 0; i < groups; i++) group[i] = packed + (flat + i) / nr * tile_bytes + (flat + i) % nr * 64;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t c = 0; c < chunks; c++) {
+            uint8_t *codes = buffers + (c & 1) * RYOT_AMX_GROUPS * 1024;
+            for (int64_t i = 0; i < groups; i++) unpack_chunk_avx512(group[i], c, kblocks, nr * 64, codes + i * 1024);
+            if (c < full) _tile_loadd(4, xq + c * 64, k_padded);
+            else _tile_loadd(4, tail, 64);
+            AMX_GROUP(0, 0, 5, codes + 0 * 1024)
+            AMX_GROUP(1, 1, 6, codes + 1 * 1024)
+            AMX_GROUP(2, 2, 7, codes + 2 * 1024)
+            AMX_GROUP(3, 3, 5, codes + 3 * 1024)
+        }
+        int32_t *y = acc + flat * 16;
+        _tile_stored(0, y, acc_stride * 4);
+        if (groups > 1) _tile_stored(1, y + 16, acc_stride * 4);
+        if (groups > 2) _tile_stored(2, y + 32, acc_stride * 4);
+        if (groups > 3) _tile_stored(3, y + 48, acc_stride * 4);
+    }
+    _tile_release();
+}
 
 __attribute__((target("avx512f,avx512bw,amx-tile,amx-int8"))) static void
 tiles_amx(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *packed, int64_t tile_bytes, int64_t nr,
@@ -453,10 +512,10 @@ tiles_amx(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *pac
             for (int64_t c = 0; c < chunks; c++) {
                 if (c < full) _tile_loadd(4, xq + m0 * k_padded + c * 64, k_padded);
                 else _tile_loadd(4, tail, 64);
-                AMX_GROUP(0, 0, 5)
-                AMX_GROUP(1, 1, 6)
-                AMX_GROUP(2, 2, 7)
-                AMX_GROUP(3, 3, 5)
+                AMX_GROUP(0, 0, 5, codes + 0 * group_bytes + c * 1024)
+                AMX_GROUP(1, 1, 6, codes + 1 * group_bytes + c * 1024)
+                AMX_GROUP(2, 2, 7, codes + 2 * group_bytes + c * 1024)
+                AMX_GROUP(3, 3, 5, codes + 3 * group_bytes + c * 1024)
             }
             int32_t *y = acc + m0 * acc_stride + flat * 16;
             _tile_stored(0, y, acc_stride * 4);
@@ -469,19 +528,24 @@ tiles_amx(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *pac
 }
 #endif
 
-/* The unpacked tile, or four AMX groups (rounded to whole K chunks) and a row block of
- * activations for the AMX tail. */
+/* The unpacked tile, or four AMX groups (rounded to whole K chunks; streamed: two chunks'
+ * buffers) and a row block of activations for the AMX tail. */
 int64_t ryot_unpack_bytes(int64_t k_padded, int64_t nr) {
     const int64_t groups = nr > RYOT_AMX_GROUPS ? nr : RYOT_AMX_GROUPS;
-    return (k_padded / 64 + 1) * 1024 * groups + 16 * 64;
+    const int64_t whole = (k_padded / 64 + 1) * 1024 * groups, streamed = 2 * RYOT_AMX_GROUPS * 1024;
+    return (whole > streamed ? whole : streamed) + 16 * 64;
 }
 
 void ryot_ternary_tiles(const int8_t *xq, int64_t m_rows, int64_t k_padded, const uint8_t *packed,
                         int64_t tile_bytes, int64_t nr, int64_t mr, int64_t first, int64_t last, int isa,
                         uint8_t *scratch, int32_t *acc, int64_t acc_stride) {
 #ifdef RYOT_X86
-    if (isa == ISA_AMX && m_rows >= RYOT_AMX_MIN_TOKENS && scratch)
+    if (isa == ISA_AMX && m_rows >= RYOT_AMX_MIN_TOKENS && scratch) {
+        if (m_rows <= 16)
+            return tiles_amx_streamed(xq, m_rows, k_padded, packed, tile_bytes, nr, first, last, scratch, acc,
+                                      acc_stride);
         return tiles_amx(xq, m_rows, k_padded, packed, tile_bytes, nr, first, last, scratch, acc, acc_stride);
+    }
 #endif
     if (mr * nr > RYOT_MAX_ACCUMULATORS) mr = RYOT_MAX_ACCUMULATORS / nr; /* same result, in registers */
     if (mr < 1) mr = 1;

@@ -55,26 +55,42 @@ class Step:
     """One variant of the optimized model: which optimizations are on."""
 
     name: str
-    level: int  # nested FFN width
     sparse: bool
-    inference: InferenceConfig
+    inference: InferenceConfig  # its width, int8 head, KV cache format and paths
+
+    @property
+    def level(self) -> int:  # nested FFN width
+        return self.inference.ffn_level
+
+    @property
+    def layout(self) -> tuple:
+        """What fixes the frozen model and its engine (the rest is chosen per answer)."""
+        return self.sparse, self.inference.int8_embeddings, self.inference.kv_cache
 
 
 def ablation(config: Config) -> list[Step]:
     """The optimizations of `config` added one at a time; the last step is all of them."""
     inference = config.inference
-    greedy = dataclasses.replace(inference, rlvr_paths=1)
-    steps = [Step("ternary", 0, False, greedy)]
+    steps = [Step("ternary", False, dataclasses.replace(inference, rlvr_paths=1, ffn_level=0, int8_embeddings=False,
+                                                         kv_cache="fp32"))]
+
+    def add(name: str, sparse: bool | None = None, **changes) -> None:
+        last = steps[-1]
+        steps.append(Step(name, last.sparse if sparse is None else sparse,
+                          dataclasses.replace(last.inference, **changes)))
+
+    if inference.int8_embeddings:
+        add("+ int8 head", int8_embeddings=True)
     if inference.ffn_level:
-        steps.append(Step("+ nested width", inference.ffn_level, False, greedy))
+        add("+ nested width", ffn_level=inference.ffn_level)
     if config.model.sparse_k != 1:
-        steps.append(Step("+ sparse_k", inference.ffn_level, True, greedy))
-    last = steps[-1]
+        add("+ sparse_k", sparse=True)
+    if inference.kv_cache != "fp32":
+        add(f"+ {inference.kv_cache} KV cache", kv_cache=inference.kv_cache)
     if inference.rlvr_paths > 1:
-        fixed = dataclasses.replace(inference, adaptive_paths=False)
-        steps.append(Step("+ fixed paths", last.level, last.sparse, fixed))
+        add("+ fixed paths", rlvr_paths=inference.rlvr_paths, adaptive_paths=False)
         if inference.adaptive_paths:
-            steps.append(Step("+ adaptive paths", last.level, last.sparse, inference))
+            add("+ adaptive paths", adaptive_paths=True)
     return steps
 
 
@@ -255,11 +271,12 @@ class InferenceValidator:
             Path(self.reference_checkpoint) if trained_reference else None)
         variants = {"reference": Variant(reference_engine, None),
                     "transformers": Variant(reference_engine, None, reference, tokenizer)}
-        engines = {sparse: optimized_engine(model, tokenizer, config, sparse, paths, max_length,
-                                            Path(self.checkpoint))
-                   for sparse in {step.sparse for step in steps}}
+        engines = {}
         for step in steps:
-            variants[step.name] = Variant(engines[step.sparse], step)
+            if step.layout not in engines:
+                engines[step.layout] = optimized_engine(model, tokenizer, dataclasses.replace(config, inference=step.inference),
+                                                        step.sparse, paths, max_length, Path(self.checkpoint))
+            variants[step.name] = Variant(engines[step.layout], step)
         optimized_name = steps[-1].name
 
         started = time.perf_counter()
@@ -277,8 +294,7 @@ class InferenceValidator:
             few = problems[:MEMORY_PROBLEMS]
             last = steps[-1]
             deployed = [("reference", self.reference_checkpoint, InferenceConfig(), True),
-                        (optimized_name, self.checkpoint,
-                         dataclasses.replace(last.inference, ffn_level=last.level), last.sparse)]
+                        (optimized_name, self.checkpoint, last.inference, last.sparse)]
             for name, source, inference, sparse in deployed:
                 if source is not None:
                     memory = deployed_memory(Path(source), inference, sparse, few, max_new_tokens, max_length,
@@ -329,6 +345,7 @@ def ablation_report(steps: list[Step], measured: dict, report: dict) -> list[dic
     for step in steps:
         figures = measured[step.name]
         row = {"step": step.name, "ffn_level": step.level, "sparse": step.sparse,
+               "int8_embeddings": step.inference.int8_embeddings, "kv_cache": step.inference.kv_cache,
                "rlvr_paths": step.inference.rlvr_paths, "adaptive_paths": step.inference.adaptive_paths,
                "accuracy": figures["accuracy"], "answer_time_s": figures["answer_time_s"],
                "paths_total": figures["paths_total"]}

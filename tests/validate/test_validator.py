@@ -14,12 +14,17 @@ TARGETS = Phase1Targets(ttft_ms=120, decode_tokens_per_s=25, memory_mb=500, accu
 def test_ablation_adds_one_optimization_at_a_time():
     config = Config()
     config.model.mrl_depth, config.model.sparse_k = 2, 0.25
-    config.inference = InferenceConfig(rlvr_paths=8, ffn_level=1)
+    config.inference = InferenceConfig(rlvr_paths=8, ffn_level=1, int8_embeddings=True, kv_cache="fp16")
     steps = ablation(config)
-    assert [s.name for s in steps] == ["ternary", "+ nested width", "+ sparse_k", "+ fixed paths", "+ adaptive paths"]
-    assert [(s.level, s.sparse, s.inference.rlvr_paths) for s in steps] == [
-        (0, False, 1), (1, False, 1), (1, True, 1), (1, True, 8), (1, True, 8)]
-    assert not steps[3].inference.adaptive_paths and steps[4].inference.adaptive_paths
+    assert [s.name for s in steps] == ["ternary", "+ int8 head", "+ nested width", "+ sparse_k", "+ fp16 KV cache",
+                                       "+ fixed paths", "+ adaptive paths"]
+    assert [(s.level, s.sparse, s.inference.int8_embeddings, s.inference.kv_cache, s.inference.rlvr_paths)
+            for s in steps] == [(0, False, False, "fp32", 1), (0, False, True, "fp32", 1), (1, False, True, "fp32", 1),
+                                (1, True, True, "fp32", 1), (1, True, True, "fp16", 1), (1, True, True, "fp16", 8),
+                                (1, True, True, "fp16", 8)]
+    assert not steps[-2].inference.adaptive_paths and steps[-1].inference.adaptive_paths
+    assert steps[-1].inference == config.inference  # the last step is the configuration itself
+    assert len({s.layout for s in steps}) == 4  # an engine per frozen layout and KV format, not per step
     assert [s.name for s in ablation(Config())] == ["ternary"]
 
 
