@@ -58,11 +58,15 @@ def digit_prompt(tokens: int) -> str:
     return ("0123456789 " * tokens)[: tokens - 1]  # the tokenizer adds BOS
 
 
+def reference_model(preset: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(preset=preset, quantization="none"), build_char_tokenizer()).eval()
+
+
 def frozen_variants(preset: str, checkpoint: Path | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
     """The fp32 reference (a torch model, for generate()) and each native variant frozen."""
     tokenizer = build_char_tokenizer()
-    torch.manual_seed(seed)
-    reference = build_model(ModelConfig(preset=preset, quantization="none"), tokenizer).eval()
+    reference = reference_model(preset, seed)
     if checkpoint is not None:
         bitnet, tokenizer = load_checkpoint(checkpoint)[:2]
     else:
@@ -134,8 +138,7 @@ def time_split(engine: Engine, prompt_tokens: int, new_tokens: int) -> dict:
 def _generate_once(preset: str, prompt_tokens: int, new_tokens: int, threads: int) -> dict:
     """A fresh process running `generate()` on the fp32 reference (built here)."""
     torch.set_num_threads(threads)
-    reference = frozen_variants(preset)[0]
-    transformers_speed(reference, build_char_tokenizer(), digit_prompt(prompt_tokens), new_tokens)
+    transformers_speed(reference_model(preset), build_char_tokenizer(), digit_prompt(prompt_tokens), new_tokens)
     return {"peak_rss_mb": peak_rss_mb(), "scope": "whole process", "torch_imported": True}
 
 
@@ -151,18 +154,22 @@ def deployed_rss(name: str, path: Path | None, preset: str, prompt_tokens: int, 
 
 def llama_cpp(binary: Path, models: list[Path], threads: list[int], prompt_tokens: int, new_tokens: int,
               rounds: int) -> list[dict]:
-    """llama.cpp's own benchmark (`llama-bench`) on GGUF files of the same shapes."""
+    """llama.cpp's own benchmark (`llama-bench`) on GGUF files of the same shapes: prefill
+    and decode as separate runs, so one that fails (its error kept) costs only itself."""
     rows = []
     for model in models:
-        output = subprocess.run(
-            [str(binary), "-m", str(model), "-t", ",".join(map(str, threads)), "-p", str(prompt_tokens),
-             "-n", str(new_tokens), "-r", str(rounds), "-o", "json"],
-            check=True, capture_output=True, text=True).stdout
-        for test in json.loads(output):
-            kind = "prefill" if test["n_prompt"] else "decode"
-            rows.append({"model": model.name, "threads": test["n_threads"], "test": kind,
-                         "tokens_per_s": test["avg_ts"], "stdev": test.get("stddev_ts"),
-                         "type": test.get("model_type", "")})
+        for test, prompt, generated in (("prefill", prompt_tokens, 0), ("decode", 0, new_tokens)):
+            command = [str(binary), "-m", str(model), "-t", ",".join(map(str, threads)), "-p", str(prompt),
+                       "-n", str(generated), "-r", str(rounds), "-o", "json"]
+            run = subprocess.run(command, capture_output=True, text=True)
+            if run.returncode != 0:
+                rows.append({"model": model.name, "test": test, "error": f"llama-bench exited with {run.returncode}",
+                             "stderr": run.stderr[-500:]})
+                continue
+            for entry in json.loads(run.stdout):
+                rows.append({"model": model.name, "threads": entry["n_threads"], "test": test,
+                             "tokens_per_s": entry["avg_ts"], "stdev": entry.get("stddev_ts"),
+                             "type": entry.get("model_type", "")})
     return rows
 
 
@@ -286,6 +293,9 @@ def table(result: dict) -> str:
     if "llama_cpp" in result:
         lines += ["", "llama.cpp (llama-bench, same machine, run just after):"]
         for row in result["llama_cpp"]:
-            lines.append(f"  {row['model']:<24} {row['threads']} thread(s) {row['test']:<8} "
-                         f"{row['tokens_per_s']:.1f} tokens/s")
+            if "error" in row:
+                lines.append(f"  {row['model']:<24} {row['test']:<8} failed: {row['error']}")
+            else:
+                lines.append(f"  {row['model']:<24} {row['threads']} thread(s) {row['test']:<8} "
+                             f"{row['tokens_per_s']:.1f} tokens/s")
     return "\n".join(lines)

@@ -56,11 +56,19 @@ def test_decode_bytes_count_what_a_step_reads():
     assert decode_bytes(ternary, context=10) < decode_bytes(reference, context=10) / 2
 
 
-def test_llama_cpp_figures_are_read_from_its_json(tmp_path):
+def test_llama_cpp_figures_are_read_from_its_json_and_a_failed_run_is_kept(tmp_path):
     binary = tmp_path / "llama-bench"
-    rows = [{"n_prompt": 4, "n_gen": 0, "n_threads": 2, "avg_ts": 100.0, "stddev_ts": 1.0, "model_type": "TQ2_0"},
-            {"n_prompt": 0, "n_gen": 3, "n_threads": 2, "avg_ts": 50.0, "stddev_ts": 0.5, "model_type": "TQ2_0"}]
-    binary.write_text(f"#!/bin/sh\necho '{json.dumps(rows)}'\n")
+    prefill = [{"n_prompt": 4, "n_gen": 0, "n_threads": 2, "avg_ts": 100.0, "stddev_ts": 1.0, "model_type": "TQ2_0"}]
+    decode = [{"n_prompt": 0, "n_gen": 3, "n_threads": 2, "avg_ts": 50.0, "stddev_ts": 0.5, "model_type": "TQ2_0"}]
+    binary.write_text(f"""#!/bin/sh
+case "$*" in
+  *bad.gguf*"-p 4"*) exit 132 ;;
+  *"-p 4"*) echo '{json.dumps(prefill)}' ;;
+  *) echo '{json.dumps(decode)}' ;;
+esac
+""")
     binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
-    got = llama_cpp(binary, [tmp_path / "m.gguf"], [2], 4, 3, 1)
-    assert [(r["test"], r["tokens_per_s"], r["threads"]) for r in got] == [("prefill", 100.0, 2), ("decode", 50.0, 2)]
+    got = llama_cpp(binary, [tmp_path / "m.gguf", tmp_path / "bad.gguf"], [2], 4, 3, 1)
+    assert [(r["model"], r["test"], r.get("tokens_per_s"), r.get("error")) for r in got] == [
+        ("m.gguf", "prefill", 100.0, None), ("m.gguf", "decode", 50.0, None),
+        ("bad.gguf", "prefill", None, "llama-bench exited with 132"), ("bad.gguf", "decode", 50.0, None)]
