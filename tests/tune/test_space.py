@@ -41,7 +41,7 @@ BAD = [
     ("space:\n  train.lr: {loguniform: [0.0, 1.0]}\n", "loguniform needs a positive low end"),
     ("space:\n  train.lr: {uniform: [0.1, 0.01]}\n", "uniform needs [low, high] with low < high"),
     ("space:\n  mrl_depth: {randint: [1, 2.5]}\n", "randint needs whole numbers"),
-    ("space:\n  tile_size: {choice: [2, 16]}\n", "space.tile_size = 16: inference.tile_size: 16 is above the maximum 8"),
+    ("space:\n  tile_size: {choice: [2, 0]}\n", "space.tile_size = 0: inference.tile_size: 0 is below the minimum 1"),
     ("space:\n  rlvr_paths: {choice: [two]}\n", "inference.rlvr_paths: expected int, got 'two'"),
     ("space:\n  model.colour: red\n", "unknown key model.colour"),
     ("space:\n  train.epochs: 3\n", "the scheduler's max_t sets the epochs"),
