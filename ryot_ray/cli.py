@@ -183,6 +183,7 @@ def _new_space(path: Path, config: Path | None, samples: int | None, address: st
         space.samples = samples
     check_knobs(space.base.model)
     _check_memory(space.base, address)
+    _check_deployment(space.base)
     return space
 
 
@@ -241,7 +242,8 @@ def _tune(args: argparse.Namespace) -> int:
           f"{best['objective']:.3f}, speedup {best['speedup']:.2f}x, accuracy {best['inference_accuracy']:.3f}")
     if warning := fallback_warning(summary["kernel_paths"]):
         print(f"ryot-ray: warning: {warning}", file=sys.stderr)
-    report = _validate_on_actor(Path(best["checkpoint"]), reference.checkpoint, targets, {}, args.repeats, None, True)
+    report = _validate_on_actor(Path(best["checkpoint"]), reference.checkpoint, targets, {}, args.repeats, None, True,
+                                space.base.validate.deploy_preset)
     written = write_reports(report, directory)
     written += write_tune_reports(summary, report, directory, time.perf_counter() - started)
     _print_validation(report, written)
@@ -299,8 +301,16 @@ def _bench_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_deployment(config) -> None:
+    """The deployment shape is known before Ray starts (a bad one is one line, exit 2)."""
+    if config.validate.deploy_preset:
+        from ryot_ray.validate.deployment import deployment_shape
+
+        deployment_shape(config.validate.deploy_preset)
+
+
 def _validate_on_actor(checkpoint: Path, reference: Path | None, targets, inference: dict, repeats: int,
-                       max_problems: int | None, memory: bool) -> dict:
+                       max_problems: int | None, memory: bool, deploy_preset: str | None) -> dict:
     """The InferenceValidator on one actor holding a whole node's CPUs."""
     import ray
 
@@ -311,7 +321,7 @@ def _validate_on_actor(checkpoint: Path, reference: Path | None, targets, infere
     print(f"validating {checkpoint} on one Ray actor with {cpus} CPUs")
     actor = ray.remote(num_cpus=cpus)(InferenceValidator).remote(
         str(checkpoint.resolve()), str(reference.resolve()) if reference else None, targets,
-        inference=inference, repeats=repeats, max_problems=max_problems, memory=memory)
+        inference=inference, repeats=repeats, max_problems=max_problems, memory=memory, deploy_preset=deploy_preset)
     return ray.get(actor.validate.remote())
 
 
@@ -319,9 +329,20 @@ def _print_validation(report: dict, written: list[Path]) -> None:
     speedup, retention = report["integrated_speedup"], report["accuracy_retention"]
     print(f"integrated speedup: {'not measured' if speedup is None else f'{speedup:.2f}x'}; "
           f"accuracy retention: {'not measured' if retention is None else f'{retention:.3f}'}")
-    for name, verdict in report["phase1"].items():
-        print(f"  {name}: {verdict['direction']} {verdict['target']}, measured {verdict['measured']} -> "
-              f"{'met' if verdict['met'] else 'NOT MET'}")
+    sections = [("Phase 1 at the trained model's size", report["phase1"])]
+    deployment = report.get("deployment")
+    if deployment:
+        factors = (f"{deployment['per_token_speedup']['median']:.2f}x per token x "
+                   + ("token ratio not measured" if deployment["token_ratio"] is None
+                      else f"{deployment['token_ratio']:.2f} token ratio = {deployment['integrated_speedup']:.2f}x"))
+        print(f"at the deployment shape {deployment['shape']} (random weights): integrated speedup {factors}")
+        sections.append((f"Phase 1 at {deployment['shape']} (random weights)", deployment["phase1"]))
+    for title, verdicts in sections:
+        print(f"{title}:")
+        for name, verdict in verdicts.items():
+            measured = "not measured" if verdict["measured"] is None else f"{verdict['measured']:.4g}"
+            print(f"  {name}: {verdict['direction']} {verdict['target']}, measured {measured} -> "
+                  f"{'met' if verdict['met'] else 'NOT MET'}")
     for path in written:
         print(f"wrote {path}")
 
@@ -435,14 +456,15 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inference_config(checkpoint: Path, overrides: list[str]):
-    """The checkpoint's config with `inference.*` overrides, checked before anything runs."""
+def _inference_config(checkpoint: Path, overrides: list[str], sections: tuple[str, ...] = ("inference",)):
+    """The checkpoint's config with overrides of `sections` keys, checked before anything runs."""
     from ryot_ray.config import Config, with_overrides
     from ryot_ray.train.checkpoint import MODEL_FILE, STATE_FILE, read_checkpoint_record
 
-    bad = [o for o in overrides if not o.startswith("inference.")]
+    bad = [o for o in overrides if not o.startswith(tuple(f"{section}." for section in sections))]
     if bad:
-        raise ConfigError(f"--set {bad[0]}: only inference.* keys can change for a trained checkpoint")
+        allowed = " and ".join(f"{section}.*" for section in sections)
+        raise ConfigError(f"--set {bad[0]}: only {allowed} keys can change for a trained checkpoint")
     source = str(checkpoint / STATE_FILE)
     record = read_checkpoint_record(checkpoint, verify=(MODEL_FILE,))
     return with_overrides(Config.from_dict(record["config"], source), overrides, source)
@@ -451,7 +473,11 @@ def _inference_config(checkpoint: Path, overrides: list[str]):
 def _validate(args: argparse.Namespace) -> int:
     from ryot_ray.config import load_phase1
 
-    config = _inference_config(args.checkpoint, args.overrides)
+    config = _inference_config(args.checkpoint, args.overrides, ("inference", "validate"))
+    if config.model.quantization != "bitnet":
+        raise ConfigError(f"{args.checkpoint} holds the fp32 reference ({config.model.quantization!r}); validate takes "
+                          "a BitNet checkpoint (give the reference as --reference)")
+    _check_deployment(config)
     if args.reference is not None:
         _inference_config(args.reference, [])
     targets = load_phase1(args.phase1)
@@ -466,7 +492,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"Ray dashboard: {dashboard}")
     print(f"rlvr_paths {config.inference.rlvr_paths}, ffn_level {config.inference.ffn_level}")
     report = _validate_on_actor(args.checkpoint, args.reference, targets, vars(config.inference), args.repeats,
-                                args.max_problems, not args.no_memory)
+                                args.max_problems, not args.no_memory, config.validate.deploy_preset)
     directory = args.results_dir or args.checkpoint.resolve().parent
     _print_validation(report, write_reports(report, directory, args.checkpoint.resolve().parent / TRAINING_FILE))
     return 0

@@ -129,6 +129,14 @@ class InferenceConfig:
 
 
 @dataclass
+class ValidateConfig:
+    """Where the Phase 1 targets are judged: the model shape a user deploys."""
+
+    # a preset (tiny, small, 1b) or a local transformers config; null: no deployment section
+    deploy_preset: str | None = "1b"
+
+
+@dataclass
 class Config:
     experiment: str = "default"
     seed: int = 0
@@ -137,6 +145,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

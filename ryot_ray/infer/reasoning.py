@@ -28,6 +28,7 @@ class Answer:
     paths: int
     votes: dict[str, int]
     seconds: float  # prefill and decode, every wave
+    tokens: int  # generated, every path
 
 
 def majority(answers: list[str | None]) -> str | None:
@@ -56,20 +57,22 @@ def answer(engine: Engine, prompt: str, difficulty: int, config: InferenceConfig
         seconds = generation.ttft_s + sum(generation.decode_step_s)
         text = generation.texts[0]
         extracted = extract_answer(text)
-        return Answer(extracted, [text], 1, {extracted: 1} if extracted is not None else {}, seconds)
+        return Answer(extracted, [text], 1, {extracted: 1} if extracted is not None else {}, seconds,
+                      generation.new_tokens)
     budget = path_budget(config, difficulty)
     window = config.path_window if config.adaptive_paths else budget  # fixed paths: one batch
     completions: list[str] = []
-    seconds = 0.0
+    seconds, tokens = 0.0, 0
     while len(completions) < budget:
         wave = min(window, budget - len(completions))
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=config.temperature,
                                   top_p=config.top_p, seed=seed + len(completions))
         generation = engine.generate_paths(prompt, wave, sampling)
         seconds += generation.ttft_s + sum(generation.decode_step_s)
+        tokens += generation.new_tokens
         completions += generation.texts
         if config.adaptive_paths and wave_agrees([extract_answer(t) for t in generation.texts]):
             break
     answers = [extract_answer(t) for t in completions]
     votes = Counter(a for a in answers if a is not None)
-    return Answer(majority(answers), completions, len(completions), dict(votes), seconds)
+    return Answer(majority(answers), completions, len(completions), dict(votes), seconds, tokens)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ryot_ray.config import Config, InferenceConfig, ModelConfig, Phase1Targets
+from ryot_ray.config import Config, InferenceConfig, ModelConfig, Phase1Targets, ValidateConfig
 from ryot_ray.data.examples import evaluation_problems
 from ryot_ray.data.tasks import Problem, extract_answer
 from ryot_ray.infer.deployed import answer_with_file
@@ -44,6 +44,8 @@ from ryot_ray.model.build import build_model
 from ryot_ray.stats import spread
 from ryot_ray.train.checkpoint import load_checkpoint
 from ryot_ray.train.evaluate import greedy_completions, level_key
+from ryot_ray.validate.deployment import measure_deployment
+from ryot_ray.validate.verdicts import phase1_verdicts
 
 log = logging.getLogger(__name__)
 SPEED_TOKENS = 32
@@ -102,30 +104,33 @@ class Variant:
     tokenizer: object = None
 
 
-def _answer(name: str, variant: Variant, problem: Problem, max_new_tokens: int, seed: int) -> tuple[str | None, int]:
+def _answer(name: str, variant: Variant, problem: Problem, max_new_tokens: int,
+            seed: int) -> tuple[str | None, int, int | None]:
+    """(answer, paths, tokens generated; None where generate() does not say)."""
     if name == "transformers":
         text = greedy_completions(variant.model, variant.tokenizer, [problem.prompt], max_new_tokens, 1)[0]
-        return extract_answer(text), 1
+        return extract_answer(text), 1, None
     if variant.step is None:
         result = answer(variant.engine, problem.prompt, problem.difficulty, InferenceConfig(), max_new_tokens)
-        return result.answer, 1
+        return result.answer, 1, result.tokens
     variant.engine.use_width(variant.step.level)
     result = answer(variant.engine, problem.prompt, problem.difficulty, variant.step.inference, max_new_tokens,
                     seed=seed)
-    return result.answer, result.paths
+    return result.answer, result.paths, result.tokens
 
 
 def answer_interleaved(variants: dict[str, Variant], problems: list[Problem], max_new_tokens: int) -> dict:
-    """Per variant: correct, paths and seconds for every problem, answered in turn."""
-    records = {name: {"correct": [], "paths": [], "seconds": []} for name in variants}
+    """Per variant: correct, paths, tokens and seconds for every problem, answered in turn."""
+    records = {name: {"correct": [], "paths": [], "tokens": [], "seconds": []} for name in variants}
     names = list(variants)
     for index, problem in enumerate(problems):
         for name in names if index % 2 == 0 else names[::-1]:
             start = time.perf_counter()
-            given, paths = _answer(name, variants[name], problem, max_new_tokens, seed=index)
+            given, paths, tokens = _answer(name, variants[name], problem, max_new_tokens, seed=index)
             records[name]["seconds"].append(time.perf_counter() - start)
             records[name]["correct"].append(given == problem.answer)
             records[name]["paths"].append(paths)
+            records[name]["tokens"].append(tokens)
         if (index + 1) % max(1, len(problems) // 10) == 0:
             log.info("answered %d/%d problems with %d variants", index + 1, len(problems), len(variants))
     return records
@@ -143,6 +148,7 @@ def summarize(records: dict, problems: list[Problem]) -> dict:
         "answer_time_s": sum(records["seconds"]),
         "seconds_per_problem": spread(records["seconds"]),
         "paths_total": sum(records["paths"]),
+        "tokens_total": None if None in records["tokens"] else sum(records["tokens"]),
         "paths_per_problem_by_difficulty": {d: statistics.fmean(v) for d, v in sorted(paths_by_difficulty.items())},
     }
 
@@ -218,29 +224,14 @@ def context_length(tokenizer, problems: list[Problem], max_new_tokens: int) -> i
     return max(len(tokenizer(p.prompt)["input_ids"]) for p in problems) + max_new_tokens + 1
 
 
-def phase1_verdicts(targets: Phase1Targets, optimized: dict, retention: float | None) -> dict:
-    """Each target with the measured value and whether it is met; a target that could not
-    be measured is not met."""
-    def verdict(target: float, measured: float | None, at_most: bool) -> dict:
-        met = measured is not None and (measured <= target if at_most else measured >= target)
-        return {"target": target, "measured": measured, "met": met, "direction": "at most" if at_most else "at least"}
-
-    return {
-        "ttft_ms": verdict(targets.ttft_ms, optimized["ttft_ms"]["median"], at_most=True),
-        "decode_tokens_per_s": verdict(targets.decode_tokens_per_s, optimized["decode_tokens_per_s"]["median"],
-                                       at_most=False),
-        "memory_mb": verdict(targets.memory_mb, optimized.get("peak_rss_mb"), at_most=True),
-        "accuracy_retention": verdict(targets.accuracy_retention, retention, at_most=False),
-    }
-
-
 class InferenceValidator:
     """Use as `ray.remote(num_cpus=...)(InferenceValidator)`; `validate()` returns the report."""
 
     def __init__(self, checkpoint: str, reference_checkpoint: str | None, targets: Phase1Targets,
                  inference: dict | None = None, repeats: int = 5, max_problems: int | None = None,
-                 memory: bool = True):
+                 memory: bool = True, deploy_preset: str | None = ValidateConfig().deploy_preset):
         self.checkpoint, self.reference_checkpoint = checkpoint, reference_checkpoint
+        self.deploy_preset = deploy_preset
         self.targets, self.repeats, self.max_problems, self.memory = targets, repeats, max_problems, memory
         self.inference_overrides = inference or {}
         self.threads = default_threads()
@@ -333,6 +324,14 @@ class InferenceValidator:
                                       "time to answer cannot be compared; the reference's speed was timed on "
                                       "a same-shape fp32 model")
         report["phase1"] = phase1_verdicts(self.targets, optimized, report["accuracy_retention"])
+        preset = self.deploy_preset
+        if preset:
+            tokens = measured.get("reference", {}).get("tokens_total")
+            ratio = tokens / optimized["tokens_total"] if tokens and optimized["tokens_total"] else None
+            report["deployment"] = measure_deployment(config, preset, self.targets, report["accuracy_retention"], ratio,
+                                                      self.repeats, self.memory)
+        else:
+            report["deployment"] = None
         report["ablation"] = ablation_report(steps, measured, report)
         return report
 

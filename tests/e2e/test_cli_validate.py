@@ -15,9 +15,12 @@ def test_validate_runs_the_actor_and_writes_every_report(tmp_path, trained_neste
                     "--results-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on one Ray actor with" in done.stdout and "integrated speedup:" in done.stdout
-    assert "memory_mb: at most 500.0, measured None -> NOT MET" in done.stdout
+    assert "memory_mb: at most 500.0, measured not measured -> NOT MET" in done.stdout
+    assert "at the deployment shape tiny (random weights): integrated speedup" in done.stdout
+    assert "Phase 1 at tiny (random weights):" in done.stdout
     report = json.loads((tmp_path / "inference_validation_report.json").read_text())
     assert report["problems"] == 2 and report["inference"]["rlvr_paths"] == 2
+    assert report["deployment"]["shape"] == "tiny" and (tmp_path / "speedup_by_size.png").is_file()
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "optimization_analysis.json").is_file()
 
 
@@ -42,7 +45,7 @@ def test_generate_answers_a_prompt_and_a_file(capsys, tmp_path, trained_checkpoi
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--set", "model.preset=1b"], "--set model.preset=1b: only inference.* keys can change"),
+    (["--set", "model.preset=1b"], "--set model.preset=1b: only inference.*"),
     (["--set", "inference.rlvr_paths=0"], "inference.rlvr_paths: 0 is below the minimum 1"),
     (["--set", "inference.ffn_level=1"], "inference.ffn_level: 1 needs model.mrl_depth above it"),
 ])
@@ -50,6 +53,15 @@ def test_bad_inference_overrides_stop_before_anything_runs(capsys, trained_check
     for command in (["validate"], ["generate", "--prompt", "x"]):
         code, _, err = run(capsys, *command, "--checkpoint", str(trained_checkpoint), *argv)
         assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_validate_refuses_what_it_cannot_measure_before_ray_starts(capsys, tmp_path, trained_checkpoint,
+                                                                   trained_reference):
+    code, _, err = run(capsys, "validate", "--checkpoint", str(trained_checkpoint), "--set",
+                       "validate.deploy_preset=huge")
+    assert code == 2 and len(err) == 1 and "validate.deploy_preset: 'huge' is neither a preset" in err[0]
+    code, _, err = run(capsys, "validate", "--checkpoint", str(trained_reference))
+    assert code == 2 and len(err) == 1 and "holds the fp32 reference" in err[0] and "--reference" in err[0]
 
 
 def test_bad_prompts_file_and_checkpoint(capsys, tmp_path, trained_checkpoint):

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from ryot_ray.config import Config, InferenceConfig, Phase1Targets
-from ryot_ray.validate.validator import InferenceValidator, ablation, phase1_verdicts
+from ryot_ray.validate.validator import InferenceValidator, ablation
+from ryot_ray.validate.verdicts import phase1_verdicts
 from native_marks import needs_native
 
 TARGETS = Phase1Targets(ttft_ms=120, decode_tokens_per_s=25, memory_mb=500, accuracy_retention=0.99)
@@ -40,7 +41,7 @@ def test_a_missed_or_unmeasured_target_is_not_met():
 def report(trained_nested_sparse, trained_reference):
     validator = InferenceValidator(str(trained_nested_sparse), str(trained_reference), TARGETS,
                                    inference={"rlvr_paths": 4, "path_window": 2, "ffn_level": 1},
-                                   repeats=1, max_problems=4, memory=False)
+                                   repeats=1, max_problems=4, memory=False, deploy_preset="small")
     return validator.validate()
 
 
@@ -65,17 +66,35 @@ def test_report_compares_every_variant_on_the_same_problems(report):
         report["variants"]["+ fixed paths"]["answer_time_s"] / optimized["answer_time_s"])
 
 
+def test_the_deployment_shape_section_is_labelled_and_its_speedup_is_two_measured_factors(report):
+    deployment = report["deployment"]
+    assert deployment["shape"] == "small" and deployment["architecture"]["hidden_size"] == 256
+    assert deployment["weights"].startswith("random")
+    optimized, reference = report["variants"]["+ adaptive paths"], report["variants"]["reference"]
+    assert deployment["token_ratio"] == pytest.approx(reference["tokens_total"] / optimized["tokens_total"])
+    per_token = deployment["per_token_speedup"]
+    assert deployment["integrated_speedup"] == pytest.approx(per_token["median"] * deployment["token_ratio"])
+    shape = deployment["variants"]
+    assert {"optimized", "reference"} == set(shape) and shape["optimized"]["4_paths"]["step_ms"]["median"] > 0
+    assert shape["optimized"]["model_file_mb"] < shape["reference"]["model_file_mb"] / 4  # 2-bit vs fp32 weights
+    verdicts = deployment["phase1"]
+    assert verdicts["ttft_ms"]["measured"] == shape["optimized"]["ttft_ms"]["median"]
+    assert verdicts["accuracy_retention"]["measured"] == report["accuracy_retention"]  # the trained model's
+    assert verdicts["memory_mb"]["measured"] is None and not verdicts["memory_mb"]["met"]  # memory=False here
+
+
 def test_without_a_reference_the_comparison_is_reported_missing(trained_nested_sparse):
     report = InferenceValidator(str(trained_nested_sparse), None, TARGETS, repeats=1, max_problems=2,
-                                memory=False).validate()
+                                memory=False, deploy_preset=None).validate()
     assert report["integrated_speedup"] is None and "no trained reference" in report["not_measured"]
+    assert report["deployment"] is None
     assert "reference" not in report["variants"] or "accuracy" not in report["variants"]["reference"]
     assert not report["phase1"]["accuracy_retention"]["met"]
 
 
 def test_a_reference_checkpoint_is_refused_as_the_optimized_model(trained_reference):
     with pytest.raises(ValueError, match="takes a BitNet checkpoint"):
-        InferenceValidator(str(trained_reference), None, TARGETS, memory=False).validate()
+        InferenceValidator(str(trained_reference), None, TARGETS, memory=False, deploy_preset=None).validate()
 
 
 @needs_native
