@@ -331,7 +331,9 @@ def _print_validation(report: dict, written: list[Path]) -> None:
           f"accuracy retention: {'not measured' if retention is None else f'{retention:.3f}'}")
     sections = [("Phase 1 at the trained model's size", report["phase1"])]
     deployment = report.get("deployment")
-    if deployment:
+    if deployment and "not_measured" in deployment:
+        print(f"at the deployment shape {deployment['shape']}: not measured: {deployment['not_measured']}")
+    elif deployment:
         factors = (f"{deployment['per_token_speedup']['median']:.2f}x per token x "
                    + ("token ratio not measured" if deployment["token_ratio"] is None
                       else f"{deployment['token_ratio']:.2f} token ratio = {deployment['integrated_speedup']:.2f}x"))

@@ -242,9 +242,13 @@ static void prepare_int8(const ryot_engine *e, const float *x, int64_t x_stride,
     }
 }
 
-static void store(float *out, float value, int add) {
-    if (add) *out += value;
-    else *out = value;
+/* y[n] (+)= (a[n] - sum) * factor for n in [n0, n1): the accumulators of a row to floats,
+ * added to the residual stream where `add` (two plain loops the compiler vectorizes). */
+static void rescale(float *y, const int32_t *a, int32_t sum, float factor, int64_t n0, int64_t n1, int add) {
+    if (add)
+        for (int64_t n = n0; n < n1; n++) y[n] += (float)(a[n] - sum) * factor;
+    else
+        for (int64_t n = n0; n < n1; n++) y[n] = (float)(a[n] - sum) * factor;
 }
 
 /* out[m, first_row[s] + n] (+)= row n of segment s for every row m, n < limit (rows of
@@ -278,7 +282,7 @@ static void linear_run(ryot_engine *e, const ryot_linear *lin, const layout *lay
                     const int32_t sum = p.xsum[s * e->max_rows + m];
                     float *y = out + m * out_stride + lay->first_row[s];
                     const int32_t *a = seg_acc + m * acc_stride;
-                    for (int64_t n = t0 * tile_rows; n < n1; n++) store(&y[n], (float)(a[n] - sum) * factor, add);
+                    rescale(y, a, sum, factor, t0 * tile_rows, n1, add);
                 }
             }
             base += used[s];
@@ -295,7 +299,7 @@ static void linear_run(ryot_engine *e, const ryot_linear *lin, const layout *lay
             const int32_t sum = p.xsum[m];
             float *y = out + m * out_stride;
             const int64_t n1 = min64(last * RYOT_COLUMN_BLOCK, lin->rows[0]);
-            for (int64_t n = first * RYOT_COLUMN_BLOCK; n < n1; n++) store(&y[n], (float)(a[n] - sum) * factor, add);
+            rescale(y, a, sum, factor, first * RYOT_COLUMN_BLOCK, n1, add);
         }
     } else if (lin->kind == LINEAR_INT8) {
         const int64_t kp = round_up(k, RYOT_INT8_K), groups = round_up(lin->rows[0], RYOT_INT8_ROWS) / RYOT_INT8_ROWS;
@@ -307,8 +311,8 @@ static void linear_run(ryot_engine *e, const ryot_linear *lin, const layout *lay
             const float inverse = 1.0f / p.xscale[m];
             const int32_t *a = acc + m * acc_stride;
             float *y = out + m * out_stride;
-            for (int64_t n = n0; n < n1; n++)
-                store(&y[n], (float)(a[n] - 128 * lin->row_sums[n]) * lin->row_scale[n] * inverse, add);
+            for (int64_t n = n0; n < n1; n++) /* the head: never added to anything */
+                y[n] = (float)(a[n] - 128 * lin->row_sums[n]) * lin->row_scale[n] * inverse;
         }
     } else { /* fp32 rows, all segments as one matrix */
         const int64_t total = lay->padded_rows;
@@ -316,10 +320,14 @@ static void linear_run(ryot_engine *e, const ryot_linear *lin, const layout *lay
         part((total + 3) / 4, me, count, &r0, &r1);
         first = min64(r0 * 4, total);
         last = min64(r1 * 4, total);
-        float *y = (float *)acc;
-        ryot_f32_rows(x, rows, k, x_stride, (const float *)lin->data, first, last, e->isa, y, acc_stride);
-        for (int64_t m = 0; m < rows; m++)
-            for (int64_t n = first; n < last; n++) store(&out[m * out_stride + n], y[m * acc_stride + n], add);
+        if (!add) {
+            ryot_f32_rows(x, rows, k, x_stride, (const float *)lin->data, first, last, e->isa, out, out_stride);
+        } else { /* into the residual stream */
+            float *y = (float *)acc;
+            ryot_f32_rows(x, rows, k, x_stride, (const float *)lin->data, first, last, e->isa, y, acc_stride);
+            for (int64_t m = 0; m < rows; m++)
+                for (int64_t n = first; n < last; n++) out[m * out_stride + n] += y[m * acc_stride + n];
+        }
     }
 #pragma omp barrier
 }
@@ -566,9 +574,12 @@ ryot_engine *ryot_engine_new(const ryot_model *md, int64_t slots, int64_t max_le
     for (int64_t l = 0; l < md->layers; l++) {
         const ryot_layer *layer = &md->layer[l];
         const ryot_linear *down = &layer->down;
+        /* in the blocks: ternary or fp32 rows, and columns for the down-projection only */
+        const ryot_linear *block[3] = {&layer->qkv, &layer->o, &layer->gate_up};
+        for (int i = 0; i < 3; i++)
+            if (block[i]->kind != LINEAR_TERNARY && block[i]->kind != LINEAR_FP32) return NULL;
         if (!linear_ok(&layer->qkv, h, 3) || !linear_ok(&layer->o, q_dim, 1) || !linear_ok(&layer->gate_up, h, 2) ||
-            !linear_ok(down, inter, 1) || down->kind == LINEAR_INT8 || layer->qkv.kind == LINEAR_COLUMNS ||
-            layer->o.kind == LINEAR_COLUMNS || layer->gate_up.kind == LINEAR_COLUMNS)
+            !linear_ok(down, inter, 1) || down->kind == LINEAR_INT8)
             return NULL;
         if (layer->qkv.rows[0] != q_dim || layer->qkv.rows[1] != kv_dim || layer->qkv.rows[2] != kv_dim ||
             layer->o.rows[0] != h || layer->gate_up.rows[0] != inter || layer->gate_up.rows[1] != inter ||

@@ -88,7 +88,7 @@ def size_speedups(report: dict) -> dict[str, dict[str, float | None]]:
            "integrated": report["integrated_speedup"]}
     result = {"trained model": own}
     deployment = report.get("deployment")
-    if deployment:
+    if deployment and "not_measured" not in deployment:
         shape = deployment["variants"]
         result[f"{deployment['shape']} (random weights)"] = {
             "decode per token": deployment["per_token_speedup"]["median"],
@@ -214,10 +214,12 @@ def summary(report: dict, plots: list[str]) -> str:
         lines.append(f"| {name} | {verdict['direction']} {verdict['target']} | {shown(verdict['measured'])} "
                      f"| {'met' if verdict['met'] else '**not met**'} |")
     deployment = report.get("deployment")
-    if deployment:
-        lines += _deployment_lines(deployment)
-    else:
+    if not deployment:
         lines += ["", "No deployment-shape section (validate.deploy_preset is null)."]
+    elif "not_measured" in deployment:
+        lines += ["", f"Deployment shape `{deployment['shape']}`: not measured: {deployment['not_measured']}."]
+    else:
+        lines += _deployment_lines(deployment)
     lines += ["", "## Variants", "",
               "| variant | exact match | time to answer (s) | paths | TTFT ms (median) | decode tokens/s (median) "
               "| peak RSS MB |", "|---|---|---|---|---|---|---|"]

@@ -324,16 +324,22 @@ class InferenceValidator:
                                       "time to answer cannot be compared; the reference's speed was timed on "
                                       "a same-shape fp32 model")
         report["phase1"] = phase1_verdicts(self.targets, optimized, report["accuracy_retention"])
-        preset = self.deploy_preset
-        if preset:
-            tokens = measured.get("reference", {}).get("tokens_total")
-            ratio = tokens / optimized["tokens_total"] if tokens and optimized["tokens_total"] else None
-            report["deployment"] = measure_deployment(config, preset, self.targets, report["accuracy_retention"], ratio,
-                                                      self.repeats, self.memory)
-        else:
-            report["deployment"] = None
+        report["deployment"] = self._deployment(config, measured, optimized, report["accuracy_retention"])
         report["ablation"] = ablation_report(steps, measured, report)
         return report
+
+
+    def _deployment(self, config: Config, measured: dict, optimized: dict, retention: float | None) -> dict | None:
+        """The deployment-shape section; it measures the native step, so where that cannot
+        run (no native library on this node) it is reported as not measured."""
+        if not self.deploy_preset:
+            return None
+        path = engine_path()
+        if path.name != "native":
+            return {"shape": self.deploy_preset, "not_measured": f"the native step cannot run here ({path.reason})"}
+        tokens = measured.get("reference", {}).get("tokens_total")
+        ratio = tokens / optimized["tokens_total"] if tokens and optimized["tokens_total"] else None
+        return measure_deployment(config, self.deploy_preset, self.targets, retention, ratio, self.repeats, self.memory)
 
 
 def ablation_report(steps: list[Step], measured: dict, report: dict) -> list[dict]:

@@ -111,3 +111,17 @@ def test_without_a_tile_each_fused_shape_is_tuned_on_this_node_first(trained_che
     assert set(tuned) == {"64x192", "64x64", "64x256", "128x64"}  # tiny: qkv, o, gate/up, down
     down = engine.model_step.model.frozen.model["linears"]["down"]
     assert down["rows_per_tile"] == tuned["128x64"]["rows_per_tile"]
+
+def test_without_the_native_step_the_deployment_shape_is_reported_not_measured(trained_nested_sparse, monkeypatch):
+    from ryot_ray.infer import native
+
+    monkeypatch.setattr(native, "ENGINE_MODULE", "ryot_ray.infer._absent")
+    native.engine_library.cache_clear()
+    try:
+        report = InferenceValidator(str(trained_nested_sparse), None, TARGETS, repeats=1, max_problems=1,
+                                    memory=False, deploy_preset="tiny").validate()
+    finally:
+        native.engine_library.cache_clear()
+    assert report["kernel_path"]["name"] == "torch"  # the model's own forward answered
+    assert report["deployment"]["shape"] == "tiny"
+    assert report["deployment"]["not_measured"].startswith("the native step cannot run here")
