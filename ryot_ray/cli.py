@@ -141,6 +141,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_memory(config, args.address)
 
     from ryot_ray.cluster import connect
+    from ryot_ray.train.loop import epoch_line
     from ryot_ray.train.run import run_training
 
     dashboard = connect(args.address, args.dashboard_host)
@@ -149,10 +150,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"experiment {directory.name}: {config.model.quantization} {config.model.preset}, "
           f"{config.train.workers} worker(s), {config.train.epochs} epoch(s) -> {directory}")
     outcome = run_training(config, directory)
+    print("epochs of this experiment:")
     for epoch in outcome.report["epochs"]:
-        print(f"epoch {epoch['epoch']}: train loss {epoch['train_loss']:.4f}"
-              + (f", val loss {epoch['val_loss']:.4f}, val accuracy {epoch['accuracy']:.3f}" if "val_loss" in epoch else "")
-              + f", {epoch['tokens_per_s']:.0f} tokens/s")
+        print(f"  {epoch_line(epoch)}")
     test = outcome.report["test"]
     if test:
         by_family = ", ".join(f"{f} {a:.3f}" for f, a in test["test_accuracy_by_family"].items())
@@ -183,7 +183,9 @@ def _new_space(path: Path, config: Path | None, samples: int | None, address: st
         space.samples = samples
     check_knobs(space.base.model)
     _check_memory(space.base, address)
-    _check_deployment(space.base)
+    _check_deployment(space.base.validate.deploy_preset, "validate.deploy_preset")
+    if space.speed_at != "model":
+        _check_deployment(space.speed_at, f"{space.source}: speed_at", needs_native=True)
     return space
 
 
@@ -209,7 +211,7 @@ def _tune(args: argparse.Namespace) -> int:
     from ryot_ray.report.tune import write_search_summary, write_tune_reports
     from ryot_ray.report.validation import write_reports
     from ryot_ray.tune.summary import fallback_warning, interrupted, summarize
-    from ryot_ray.tune.tuner import SearchError, run_search, train_reference
+    from ryot_ray.tune.tuner import TUNE_RUN, SearchError, run_search, train_reference
 
     started = time.perf_counter()
     dashboard = connect(args.address, args.dashboard_host)
@@ -247,6 +249,8 @@ def _tune(args: argparse.Namespace) -> int:
     written = write_reports(report, directory)
     written += write_tune_reports(summary, report, directory, time.perf_counter() - started)
     _print_validation(report, written)
+    print(f"every trial's figures by epoch in TensorBoard (pip install tensorboard): "
+          f"tensorboard --logdir {directory / TUNE_RUN}")
     return 0
 
 
@@ -269,7 +273,7 @@ def _measurement(space):
     from ryot_ray.tune.tuner import Measurement
     from ryot_ray.validate.trial import TrialMeasurement, reference_accuracy
 
-    return Measurement(TrialMeasurement(space.measure_problems),
+    return Measurement(TrialMeasurement(space.measure_problems, speed_at=space.speed_at),
                        partial(reference_accuracy, problems=space.measure_problems))
 
 
@@ -301,12 +305,17 @@ def _bench_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_deployment(config) -> None:
-    """The deployment shape is known before Ray starts (a bad one is one line, exit 2)."""
-    if config.validate.deploy_preset:
+def _check_deployment(shape: str | None, where: str, needs_native: bool = False) -> None:
+    """A deployment shape is known before Ray starts (a bad one is one line, exit 2), and
+    so is a missing native step where nothing can stand in for it."""
+    if shape:
+        from ryot_ray.infer.load import engine_path
         from ryot_ray.validate.deployment import deployment_shape
 
-        deployment_shape(config.validate.deploy_preset)
+        deployment_shape(shape, where)
+        path = engine_path()
+        if needs_native and path.name != "native":
+            raise ConfigError(f"{where}: {shape} is measured by the native step, which cannot run here ({path.reason})")
 
 
 def _validate_on_actor(checkpoint: Path, reference: Path | None, targets, inference: dict, repeats: int,
@@ -479,7 +488,7 @@ def _validate(args: argparse.Namespace) -> int:
     if config.model.quantization != "bitnet":
         raise ConfigError(f"{args.checkpoint} holds the fp32 reference ({config.model.quantization!r}); validate takes "
                           "a BitNet checkpoint (give the reference as --reference)")
-    _check_deployment(config)
+    _check_deployment(config.validate.deploy_preset, "validate.deploy_preset")
     if args.reference is not None:
         _inference_config(args.reference, [])
     targets = load_phase1(args.phase1)
@@ -501,12 +510,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ryot_ray.infer.generate import answer_prompts, read_prompts
+    from ryot_ray.infer.generate import answer_prompts, capped_paths, read_prompts
 
     config = _inference_config(args.checkpoint, args.overrides)
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be at least 1")
+    if note := capped_paths(config.inference):
+        print(f"ryot-ray: note: {note}", file=sys.stderr)
     answers = answer_prompts(args.checkpoint, config.inference, prompts, args.max_new_tokens)
     lines = [json.dumps(record) for record in answers]
     if args.output:

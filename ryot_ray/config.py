@@ -165,8 +165,23 @@ class Phase1Targets:
     accuracy_retention: float = field(metadata=_between(0.0, 1.0))  # at least
 
 
+SHIPPED_DIRS = ("configs", "search_spaces")  # shipped with the package (pyproject.toml maps them in)
+
+
+def shipped(path: str | Path) -> Path:
+    """`path` as given where it exists; else, for `configs/...` and `search_spaces/...`,
+    the copy installed with ryot-ray (a wheel: inside the package; a source checkout:
+    beside it), so the defaults work from any directory."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or not path.parts or path.parts[0] not in SHIPPED_DIRS:
+        return path
+    package = Path(__file__).resolve().parent
+    return next((root / path for root in (package, package.parent) if (root / path).is_file()), path)
+
+
 def load_phase1(path: str | Path) -> Phase1Targets:
-    return _build(Phase1Targets, read_yaml(Path(path)), str(path), "")
+    path = shipped(path)
+    return _build(Phase1Targets, read_yaml(path), str(path), "")
 
 
 def read_yaml(path: Path) -> dict:
@@ -185,7 +200,7 @@ def read_yaml(path: Path) -> dict:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config and apply `key.path=value` overrides."""
-    path = Path(path)
+    path = shipped(path)
     data = read_yaml(path)
     for override in overrides:
         _apply_override(data, override)

@@ -39,6 +39,8 @@ BAD_INPUT = [
     (None, ["tune", "--resume", "keep", "--samples", "3"], "--resume continues an experiment as it was started"),
     (None, ["tune", "--resume", "nothing-here"], "--resume nothing-here: no experiment at"),
     (None, ["tune", "--space", SMOKE_SPACE, "--samples", "0"], "--samples must be at least 1"),
+    (f"config: {SMOKE}\nspeed_at: 9b\nspace:\n  sparse_k: 0.5\n", ["tune", "--space", "{bad}"],
+     "bad.yaml: speed_at: '9b' is neither a preset"),
     (None, ["bench", "tune", "--space", SMOKE_SPACE, "--repeats", "0"], "--repeats must be at least 1"),
     (None, ["train", "--config", SMOKE, "--name", "keep"], "exists; pass --resume keep"),
 ]

@@ -14,6 +14,34 @@ def test_shipped_configs_load(name):
     assert isinstance(config, Config)
 
 
+def test_default_paths_resolve_to_the_shipped_files_from_any_directory(tmp_path, monkeypatch):
+    from ryot_ray.config import load_phase1
+    from ryot_ray.tune.space import load_space
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/smoke.yaml").model.preset == "tiny"
+    assert load_phase1("configs/phase1_baselines.yaml").decode_tokens_per_s == 25.0
+    space = load_space("search_spaces/smoke.yaml")  # its `config: configs/smoke.yaml` too
+    assert Path(space.source) == REPO / "search_spaces/smoke.yaml" and space.base.model.preset == "tiny"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs/smoke.yaml").write_text("model:\n  preset: small\n")
+    assert load_config("configs/smoke.yaml").model.preset == "small"  # a file of the user's own comes first
+    with pytest.raises(ConfigError, match="configs/missing.yaml: no such config file"):
+        load_config("configs/missing.yaml")
+
+
+def test_every_package_and_the_shipped_yaml_are_in_the_wheel_s_listing():
+    from setuptools import find_packages
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = {"ryot_ray.configs": "configs", "ryot_ray.search_spaces": "search_spaces"}
+    assert set(setuptools["packages"]) == set(find_packages(str(REPO), include=["ryot_ray*"])) | set(shipped)
+    assert all(setuptools["package-dir"][name] == folder for name, folder in shipped.items())
+    assert all(setuptools["package-data"][name] == ["*.yaml"] for name in shipped)
+
+
 def test_values_and_overrides_are_typed(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-3\n  epochs: 3\nmodel:\n  preset: tiny\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ryot_ray.config import ConfigError, InferenceConfig
 from ryot_ray.infer.engines import optimized_engine
-from ryot_ray.infer.reasoning import answer
+from ryot_ray.infer.reasoning import answer, path_budget
 from ryot_ray.train.checkpoint import load_checkpoint
 
 DIFFICULTY = 1  # a user's prompt has no known difficulty: the smallest path budget
@@ -31,6 +31,16 @@ def read_prompts(path: Path) -> list[str]:
     if not prompts:
         raise ConfigError(f"{path}: no prompts")
     return prompts
+
+
+def capped_paths(inference: InferenceConfig) -> str | None:
+    """Why a user's prompt gets fewer paths than `rlvr_paths` asks for, if it does."""
+    budget = path_budget(inference, DIFFICULTY)
+    if budget >= inference.rlvr_paths:
+        return None
+    return (f"inference.rlvr_paths={inference.rlvr_paths} is capped at {budget} path(s) per prompt: with "
+            f"adaptive paths a prompt of unknown difficulty gets one window (inference.path_window="
+            f"{inference.path_window}); --set inference.adaptive_paths=false gives every prompt all of them")
 
 
 def answer_prompts(checkpoint: Path, inference: InferenceConfig, prompts: list[str],

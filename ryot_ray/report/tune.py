@@ -90,7 +90,10 @@ def trials_markdown(summary: dict, plot: str | None) -> str:
         "",
         f"Trials measured their speed with kernel path(s): {', '.join(summary['kernel_paths']) or 'none reported'}, "
         f"on {', '.join(map(str, summary['threads'])) or 'unreported'} thread(s); the validation above on "
-        f"{validation['threads']}. A speedup holds for its thread count only."
+        f"{validation['threads']}. A speedup holds for its thread count only. "
+        + ("Trial speedups are timed on each trial's own model." if summary["speed_at"] == "model" else
+           f"Trial speedups price each trial's forced work (its tokens and paths) at the {summary['speed_at']} "
+           "shape: decode-step times of its knobs on random weights against fp32 of that shape.")
         + (f" **Warning: {warning}.**" if (warning := fallback_warning(summary["kernel_paths"])) else ""),
         "", "| trial | status | epochs | objective | speedup | accuracy | retention | knobs |",
         "|---|---|---|---|---|---|---|---|",

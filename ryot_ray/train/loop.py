@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from ryot_ray.config import Config
 from ryot_ray.data.examples import collate, encode_problem, evaluation_problems, training_examples
 from ryot_ray.data.tokenizer import build_char_tokenizer, load_tokenizer
 from ryot_ray.machine import machine_facts
+from ryot_ray.memory import peak_rss_mb
 from ryot_ray.model.activation_stats import activation_compression
 from ryot_ray.model.build import build_model
 from ryot_ray.model.matryoshka import ffn_levels, sampled_level, use_width
@@ -48,11 +48,13 @@ from ryot_ray.train.distributed import all_reduce, world_size
 from ryot_ray.train.evaluate import exact_match, mean_loss
 from ryot_ray.train.schedule import two_stage
 
-log = logging.getLogger(__name__)
 SPIKE_WINDOW = 50  # steps of history an anomaly is judged against
 # Ray Train logs every report's whole metrics dict at INFO, from a logger named after its
 # source file (so RunConfig's LoggingConfig, which filters "ray.train", misses it).
 REPORT_LOGGER_SUFFIX = "ray/train/v2/_internal/execution/context.py"
+# Progress goes through logging: Ray Train's workers log INFO to the console once, while
+# its patched print() writes a line twice there
+log = logging.getLogger(__name__)
 
 
 def quiet_report_logging() -> None:
@@ -81,10 +83,6 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.AdamW
     others = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": matrices, "decay": True}, {"params": others, "decay": False}]
     return torch.optim.AdamW(groups, lr=config.train.lr, betas=tuple(config.train.betas))
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def train_epoch(
@@ -181,10 +179,21 @@ def epoch_record(stats: EpochStats, state: TrainingState, seconds: float) -> dic
 EpochMetrics = Callable[[torch.nn.Module, object, Config, list], dict]
 
 
+def epoch_line(record: dict) -> str:
+    """An epoch's figures in one line, for the console."""
+    return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"
+            + (f", val loss {record['val_loss']:.4f}, val accuracy {record['accuracy']:.3f}" if "val_loss" in record
+               else "")
+            + f", {record['tokens_per_s']:.0f} tokens/s")
+
+
 def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None = None,
-                          run_id: str | None = None, start_weights: ray.ObjectRef | None = None) -> None:
+                          run_id: str | None = None, start_weights: ray.ObjectRef | None = None,
+                          progress: bool = False) -> None:
     """`start_weights`: a full-precision state dict in the object store (so every node reads
-    it) that a run without a checkpoint starts from."""
+    it) that a run without a checkpoint starts from. `progress`: rank 0 logs progress
+    lines during each epoch and the epoch's line after it (Ray forwards them to the
+    driver's console); a Tune search prints its own line per trial and epoch instead."""
     setup_start = time.perf_counter()
     quiet_report_logging()
     config = Config.from_dict(loop_config)
@@ -234,7 +243,7 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
     while state.epoch < config.train.epochs and state.status != "diverged":
         sampler.set_epoch(state.epoch)
         start = time.perf_counter()
-        progress_every = max(1, total_steps // config.train.epochs // 10) if rank == 0 else 0
+        progress_every = max(1, total_steps // config.train.epochs // 10) if progress and rank == 0 else 0
         stats = train_epoch(model, loader, optimizer, state, total_steps, config, progress_every)
         record = epoch_record(stats, state, time.perf_counter() - start)
         if stats.diverged:
@@ -266,6 +275,8 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
             record.update(epoch_metrics(core, tokenizer, config, validation))
             record["measure_time_s"] = time.perf_counter() - measure_start
         state.history.append(record)
+        if progress and rank == 0:
+            log.info(epoch_line(record))
         _report(record, core, tokenizer, config, state, optimizer, rank)
 
 

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import yaml
-from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
 from ryot_ray.atomic import write_json_atomic
@@ -67,6 +67,9 @@ def torch_trainer(config: Config, loop, name: str, storage: str, callbacks: tupl
             storage_path=storage,
             callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=config.train.max_failures),
+            # Train's own INFO lines (resources requested, worker group started, model
+            # moved to cpu, checkpoint created) stay in the session's log files
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
 
@@ -76,7 +79,7 @@ def run_training(config: Config, directory: Path) -> TrainingOutcome:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     run_id = uuid.uuid4().hex
-    trainer = torch_trainer(config, partial(train_loop_per_worker, run_id=run_id), RUN_NAME, str(directory / "ray"))
+    trainer = torch_trainer(config, partial(train_loop_per_worker, run_id=run_id, progress=True), RUN_NAME, str(directory / "ray"))
     start = time.perf_counter()
     try:
         result = trainer.fit()

@@ -9,6 +9,7 @@ scheduler: {name: asha, max_t: 5, grace_period: 1, reduction_factor: 2}
 accuracy_floor: 0.95              # fraction of the reference accuracy a trial must keep
 measure_problems: 48              # validation problems a trial answers after each epoch
 start_from: scratch               # scratch | reference: trials convert the trained fp32 reference
+speed_at: model                   # model | a preset or transformers config: the shape speed is priced at
 space:
   sparse_k: {choice: [1.0, 0.5]}  # short names of the adaptive knobs ...
   train.lr: {loguniform: [5.0e-4, 3.0e-3]}   # ... or any config key
@@ -25,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ryot_ray.config import Config, ConfigError, read_yaml, load_config, with_overrides
+from ryot_ray.config import Config, ConfigError, load_config, read_yaml, shipped, with_overrides
 from ryot_ray.train.experiment import CONFIG_FILE
 
 KNOB_KEYS = {
@@ -40,7 +41,7 @@ SEARCHES = ("random", "optuna")
 SCHEDULERS = ("asha", "fifo")
 STARTS = ("scratch", "reference")
 TOP_LEVEL = ("config", "samples", "search", "scheduler", "accuracy_floor", "measure_problems", "start_from",
-             "space")
+             "speed_at", "space")
 SPACE_FILE = "search_space.yaml"  # the space as an experiment ran it, kept for --resume
 
 
@@ -72,6 +73,9 @@ class SearchSpace:
     # scratch: each trial builds its model as the base config says; reference: from the
     # search's trained fp32 reference, which the trial's knobs then convert and fine-tune
     start_from: str = "scratch"
+    # model: a trial's speedup is timed on its own model; a preset (e.g. 1b) or a local
+    # transformers config: its work is priced at that shape, with its knobs, random weights
+    speed_at: str = "model"
 
 
 def _fail(source: str, key: str, message: str) -> None:
@@ -112,8 +116,9 @@ def _knob(source: str, name: Any, spec: Any, base: Config) -> Knob:
 
 def load_space(path: str | Path, config_path: str | Path | None = None) -> SearchSpace:
     """Read and check a search space; `config_path` replaces the space's `config`."""
+    path = shipped(path)
     source = str(path)
-    data = read_yaml(Path(path))
+    data = read_yaml(path)
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
         _fail(source, unknown[0], f"unknown key (allowed: {', '.join(TOP_LEVEL)})")
@@ -131,6 +136,9 @@ def load_space(path: str | Path, config_path: str | Path | None = None) -> Searc
     start_from = data.get("start_from", "scratch")
     if start_from not in STARTS:
         _fail(source, "start_from", f"{start_from!r} is not one of {', '.join(STARTS)}")
+    speed_at = data.get("speed_at", "model")
+    if not isinstance(speed_at, str) or not speed_at:
+        _fail(source, "speed_at", f"expected model, a preset or a transformers config path, got {speed_at!r}")
     floor = data.get("accuracy_floor", 0.95)
     if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not 0 <= floor <= 1:
         _fail(source, "accuracy_floor", f"expected a fraction of the reference accuracy in [0, 1], got {floor!r}")
@@ -151,7 +159,8 @@ def load_space(path: str | Path, config_path: str | Path | None = None) -> Searc
     constants = [f"{k.key}={json.dumps(k.values[0])}" for k in knobs if k.kind == "constant"]
     base = with_overrides(base, constants, source)  # constants hold for the reference too
     knobs = [k for k in knobs if k.kind != "constant"]
-    return SearchSpace(source, base, knobs, samples, search, scheduler, float(floor), measure_problems, start_from)
+    return SearchSpace(source, base, knobs, samples, search, scheduler, float(floor), measure_problems, start_from,
+                       speed_at)
 
 
 def save_space(space: SearchSpace, directory: Path) -> None:

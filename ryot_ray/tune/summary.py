@@ -124,6 +124,7 @@ def summarize(results: ray.tune.ResultGrid, space: SearchSpace, reference: Refer
         "scheduler": vars(space.scheduler),
         "search": space.search,
         "samples": space.samples,
+        "speed_at": space.speed_at,
         "reference": {"checkpoint": str(reference.checkpoint), "accuracy": reference.accuracy,
                       "config_hash": reference.config_hash, "trained_in_this_run": reference.trained_now,
                       "trials_start_from_it": space.start_from == "reference"},

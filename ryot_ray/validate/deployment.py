@@ -41,19 +41,19 @@ PROMPT_TOKENS = 128  # the prompt TTFT is judged at
 NEW_TOKENS = 64  # tokens per timed answer
 
 
-def deployment_shape(name: str) -> LlamaConfig:
+def deployment_shape(name: str, where: str = "validate.deploy_preset") -> LlamaConfig:
     """A preset's Llama shape, or a local `transformers` config (a config.json or its
-    directory; nothing is downloaded)."""
+    directory; nothing is downloaded); `where` names the setting in errors."""
     if name in PRESETS:
         return llama_config(name, build_char_tokenizer())
     path = Path(name).expanduser()
     if not path.exists():
-        raise ConfigError(f"validate.deploy_preset: {name!r} is neither a preset ({', '.join(PRESETS)}) "
+        raise ConfigError(f"{where}: {name!r} is neither a preset ({', '.join(PRESETS)}) "
                           "nor a local transformers config")
     try:
         return LlamaConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"validate.deploy_preset: {path}: {error}") from None
+        raise ConfigError(f"{where}: {path}: {error}") from None
 
 
 def digit_prompt(tokens: int) -> str:
@@ -74,11 +74,64 @@ def frozen_pair(config: Config, shape: LlamaConfig) -> dict:
     return {"optimized": optimized, "reference": reference}
 
 
-def _forced(engine: Engine, prompt: str, paths: int) -> float:
-    """Seconds per decode step of `paths` paths (one batch) of a forced-length answer."""
-    sampling = SamplingConfig(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+def _forced(engine: Engine, prompt: str, paths: int, new_tokens: int = NEW_TOKENS) -> float:
+    """Median seconds per decode step of `paths` paths (one batch) of a forced-length answer."""
+    sampling = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
     steps = engine.generate_paths(prompt, paths, sampling).decode_step_s
     return statistics.median(steps)
+
+
+TRIAL_PROMPT_TOKENS = 16  # about a task prompt's length
+TRIAL_STEPS = 16  # decode steps timed per path count and round
+_step_times: dict[tuple, dict] = {}  # per process: a trial's knobs are measured once
+
+
+def decode_step_times(config: Config, preset: str, threads: int, spread_goal: float, budget_s: float,
+                      min_rounds: int = 3) -> dict:
+    """Median decode-step seconds at `preset` (random weights) for the fp32 reference with
+    one path and for the optimized configuration with every path count up to its
+    `rlvr_paths`, per round, rounds interleaved until the one-path speedup's spread is
+    within `spread_goal` or `budget_s` is spent. Measured once per process and knobs:
+    speed at a fixed shape does not change as a trial trains."""
+    inference = config.inference
+    key = (preset, config.seed, config.model.mrl_depth, config.model.sparse_k, inference.tile_size,
+           inference.int8_embeddings, inference.kv_cache, inference.ffn_level, inference.rlvr_paths, threads)
+    if key not in _step_times:
+        frozen = frozen_pair(config, deployment_shape(preset))
+        counts = range(1, max(inference.rlvr_paths, 1) + 1)
+        max_length = TRIAL_PROMPT_TOKENS + TRIAL_STEPS + 2
+        optimized = native_engine(frozen["optimized"], counts[-1], max_length, threads, inference.kv_cache)
+        optimized.use_width(inference.ffn_level)
+        reference = native_engine(frozen["reference"], 1, max_length, threads)
+        del frozen
+        prompt = digit_prompt(TRIAL_PROMPT_TOKENS)
+        times: dict = {"reference": [], "optimized": {paths: [] for paths in counts}}
+        started = time.perf_counter()
+        _forced(optimized, prompt, counts[-1], 2)  # warm-up
+        _forced(reference, prompt, 1, 2)
+        while True:
+            turns = ["reference", *counts]
+            for turn in turns if len(times["reference"]) % 2 else turns[::-1]:
+                if turn == "reference":
+                    times["reference"].append(_forced(reference, prompt, 1, TRIAL_STEPS))
+                else:
+                    times["optimized"][turn].append(_forced(optimized, prompt, turn, TRIAL_STEPS))
+            ratios = [r / o for r, o in zip(times["reference"], times["optimized"][1])]
+            settled = len(ratios) >= min_rounds and (max(ratios) - min(ratios)) / statistics.median(ratios) <= spread_goal
+            if settled or time.perf_counter() - started > budget_s:
+                break
+        for engine in (optimized, reference):
+            engine.model_step.close()
+        _step_times[key] = {**times, "time_s": time.perf_counter() - started}
+    return _step_times[key]
+
+
+def forced_work_speedups(times: dict, work: list[tuple[int, int]]) -> list[float]:
+    """Per round, the reference's time for `work` ((tokens, paths) per problem, one path
+    each) over the optimized configuration's (its paths as one batch), from step times."""
+    tokens = sum(count for count, _ in work)
+    return [tokens * reference / sum(count * times["optimized"][paths][round_] for count, paths in work)
+            for round_, reference in enumerate(times["reference"])]
 
 
 def measure_deployment(config: Config, preset: str, targets: Phase1Targets, retention: float | None,

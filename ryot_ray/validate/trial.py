@@ -15,6 +15,11 @@ reference's time over the optimized time. Rounds repeat until their spread ((max
 their median, and the report keeps every round. The reference's accuracy is measured
 once per experiment, on the trained reference and the same problems
 (`reference_accuracy`).
+
+With `speed_at` a preset (or a local `transformers` config), the speed is that of the
+shape a user deploys: the same forced work (the trial's tokens and paths per problem)
+priced by decode-step times measured once, at that shape, with the trial's knobs on
+random weights against an fp32 model of the same shape (`deployment.decode_step_times`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from ryot_ray.machine import cpu_facts
 from ryot_ray.model.build import build_model
 from ryot_ray.stats import spread
 from ryot_ray.train.checkpoint import load_checkpoint
+from ryot_ray.validate.deployment import decode_step_times, forced_work_speedups
 from ryot_ray.validate.validator import answer_budget, completion_tokens, context_length
 
 
@@ -97,28 +103,33 @@ class TrialMeasurement:
     problems: int = 48  # validation problems answered per epoch
     spread_goal: float = 0.05  # rounds until (max - min) / median of their speedups is this small
     budget_s: float = 10.0  # ... or this much time went into timing
+    speed_at: str = "model"  # the trained model's own shape, or a preset / config to price its work at
 
     def __call__(self, model: nn.Module, tokenizer, config: Config, problems: list[Problem]) -> dict:
         chosen = spread_subset(problems, self.problems)
-        with torch.random.fork_rng():  # the training run's random stream stays as it was
-            torch.manual_seed(config.seed)
-            reference = build_model(ModelConfig(preset=config.model.preset, quantization="none"), tokenizer,
-                                    llama=model.config).eval()
         max_new_tokens = answer_budget(tokenizer, chosen, config)
         max_length = context_length(tokenizer, chosen, max_new_tokens)
         inference = config.inference
         threads = torch.get_num_threads()
         trial_engine = optimized_engine(model, tokenizer, config, True, max(inference.rlvr_paths, inference.path_window),
                                         max_length, threads=threads)
-        reference_engine = model_engine(reference, tokenizer, InferenceConfig(), 1, max_length, threads=threads)
-
         started = time.perf_counter()
         answers = [answer(trial_engine, p.prompt, p.difficulty, inference, max_new_tokens, seed=index)
                    for index, p in enumerate(chosen)]
         answer_time = time.perf_counter() - started
         work = [(p.prompt, completion_tokens(tokenizer, p, config.data.scratchpad) + 1, result.paths)
                 for p, result in zip(chosen, answers)]  # the correct length, and its EOS
-        rounds = speed_rounds(trial_engine, reference_engine, work, self.spread_goal, self.budget_s)
+        if self.speed_at == "model":
+            with torch.random.fork_rng():  # the training run's random stream stays as it was
+                torch.manual_seed(config.seed)
+                reference = build_model(ModelConfig(preset=config.model.preset, quantization="none"), tokenizer,
+                                        llama=model.config).eval()
+            reference_engine = model_engine(reference, tokenizer, InferenceConfig(), 1, max_length, threads=threads)
+            rounds = speed_rounds(trial_engine, reference_engine, work, self.spread_goal, self.budget_s)
+        else:
+            with torch.random.fork_rng():
+                times = decode_step_times(config, self.speed_at, threads, self.spread_goal, self.budget_s)
+            rounds = forced_work_speedups(times, [(tokens, paths) for _, tokens, paths in work])
         median = statistics.median(rounds)
         path = engine_path()
         return {
@@ -126,6 +137,7 @@ class TrialMeasurement:
             "speedup": median,
             "speedup_rounds": spread(rounds),
             "speedup_spread": (max(rounds) - min(rounds)) / median,
+            "speed_at": self.speed_at,
             "answer_time_s": answer_time,
             "paths_per_problem": statistics.fmean(a.paths for a in answers),
             "measured_problems": len(chosen),

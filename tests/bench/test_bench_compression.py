@@ -36,6 +36,8 @@ def test_training_memory_pairs_every_variant_with_the_reference(tiny_config):
     text = table({"rounds": 1, "training_memory": result,
                   "matryoshka_decode": matryoshka_decode("tiny", rounds=1, prompt_tokens=4, new_tokens=3)})
     assert "bitnet_int8" in text and "half width 64" in text
+    assert result["peak_rss_covers"] == "the timed steps only"  # Linux resets the peak after setup
+    assert "peak RSS covers the timed steps only" in text
 
 
 @needs_native

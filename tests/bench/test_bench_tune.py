@@ -7,20 +7,18 @@ import pytest
 from tests.e2e.test_cli_train import ryot_ray
 
 
-def _run(*trials: tuple[float, int, float]) -> dict:
-    """A run's record from (lr, epochs, objective) per trial."""
-    records = [{"params": {"train.lr": lr}, "epochs": epochs, "objective": objective}
-               for lr, epochs, objective in trials]
-    return {"trials": records, "best_objective": max(objective for _, _, objective in trials)}
+def _run(best_objective: float, best_spread: float) -> dict:
+    return {"best_objective": best_objective, "best_spread": best_spread}
 
 
-def test_asha_reaches_fifo_best_only_by_running_one_of_its_best_configurations_to_max_t():
+def test_asha_reaches_fifo_best_when_its_best_objective_is_fifo_s_within_the_noise():
     from ryot_ray.bench.tune import reached_fifo_best
 
-    fifo = _run((1e-3, 4, -0.4), (2e-3, 4, -0.2), (3e-3, 4, -0.2))  # two tied for best
-    assert reached_fifo_best(_run((1e-3, 4, -0.4), (2e-3, 1, -0.9), (3e-3, 4, -0.2)), fifo, max_t=4)
-    assert not reached_fifo_best(_run((1e-3, 4, -0.4), (2e-3, 2, -0.5), (3e-3, 1, -0.9)), fifo, max_t=4)
-    assert not reached_fifo_best(_run((1e-3, 4, -0.4), (2e-3, 4, -0.2), (3e-3, 4, -0.2)), fifo, max_t=5)
+    assert reached_fifo_best(_run(2.0, 0.01), _run(2.0, 0.01))
+    assert reached_fifo_best(_run(1.95, 0.01), _run(2.0, 0.03))  # 2.5 % below, 3 % noise
+    assert not reached_fifo_best(_run(1.95, 0.01), _run(2.0, 0.02))  # 2.5 % below, 2 % noise
+    assert reached_fifo_best(_run(-0.21, 0.05), _run(-0.2, 0.01))  # below the floor: objectives are negative
+    assert not reached_fifo_best(_run(-0.3, 0.05), _run(-0.2, 0.01))
 
 
 # The stuck learning rate starts third, when a trial has passed the first rung: ASHA stops it.

@@ -6,6 +6,7 @@ before the interruption.)"""
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -112,3 +113,26 @@ def test_every_report_and_plot_is_written(experiment):
     overhead = json.loads((directory / "tune_summary.json").read_text())["overhead"]
     assert 0 < overhead["ray_fraction"] < 1 and overhead["worker_setup_s"] > 0
     assert overhead["training_s"] + overhead["evaluation_and_measurement_s"] < overhead["trial_time_s"]
+
+
+def event_tags(path) -> set[str]:
+    """The scalar tags of a TensorBoard event file (TFRecord: length, crc, event, crc)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, tags, offset = path.read_bytes(), set(), 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        event = Event.FromString(data[offset + 12:offset + 12 + length])
+        tags |= {value.tag for value in event.summary.value}
+        offset += 16 + length
+    return tags
+
+
+def test_every_trial_s_figures_are_in_tensorboard(experiment):
+    tune_dir = experiment["directory"] / "tune"
+    assert f"tensorboard --logdir {tune_dir}" in experiment["resumed"].stdout
+    trials = sorted(tune_dir.glob("run_trial_*"))
+    assert len(trials) == 5
+    for trial in trials:
+        tags = set().union(*(event_tags(path) for path in trial.glob("events.out.tfevents.*")))
+        assert {f"ray/tune/{name}" for name in ("objective", "speedup", "inference_accuracy", "train_loss")} <= tags

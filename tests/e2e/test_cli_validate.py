@@ -44,6 +44,18 @@ def test_generate_answers_a_prompt_and_a_file(capsys, tmp_path, trained_checkpoi
     assert all(1 <= a["paths"] <= 2 for a in answers)
 
 
+def test_generate_says_when_adaptive_paths_cap_the_paths_asked_for(capsys, trained_checkpoint):
+    asked = ["generate", "--checkpoint", str(trained_checkpoint), "--prompt", "rev ab|", "--max-new-tokens", "8",
+             "--set", "inference.rlvr_paths=8", "--set", "inference.path_window=2"]
+    code, out, err = run(capsys, *asked, "--set", "inference.adaptive_paths=true")
+    assert code == 0 and json.loads(out)["paths"] <= 2
+    assert err == ["ryot-ray: note: inference.rlvr_paths=8 is capped at 2 path(s) per prompt: with adaptive paths a "
+                   "prompt of unknown difficulty gets one window (inference.path_window=2); --set "
+                   "inference.adaptive_paths=false gives every prompt all of them"]
+    code, out, err = run(capsys, *asked, "--set", "inference.adaptive_paths=false")
+    assert code == 0 and json.loads(out)["paths"] == 8 and err == []
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--set", "model.preset=1b"], "--set model.preset=1b: only inference.*"),
     (["--set", "inference.rlvr_paths=0"], "inference.rlvr_paths: 0 is below the minimum 1"),

@@ -1,12 +1,15 @@
 """The per-epoch measurement a Tune trial ranks by, on tiny trained checkpoints."""
 
 import dataclasses
+
 import pytest
 import torch
+from native_marks import needs_native
 
 from ryot_ray.data.examples import evaluation_problems
 from ryot_ray.train.checkpoint import load_checkpoint
 from ryot_ray.train.evaluate import exact_match, level_key
+from ryot_ray.validate.deployment import decode_step_times, forced_work_speedups
 from ryot_ray.validate.trial import TrialMeasurement, reference_accuracy, speed_rounds, spread_subset
 
 
@@ -69,6 +72,32 @@ def test_paths_follow_the_trial_s_inference_config(checkpoint):
                                                                         adaptive_paths=False))
     metrics = TrialMeasurement(problems=4, budget_s=0.5)(model, tokenizer, config, problems)
     assert metrics["paths_per_problem"] == 3
+
+
+def test_forced_work_is_priced_by_the_step_times_of_its_paths():
+    times = {"reference": [0.010, 0.012], "optimized": {1: [0.002, 0.003], 2: [0.004, 0.004]}}
+    work = [(10, 1), (30, 2)]  # (tokens, paths)
+    assert forced_work_speedups(times, work) == pytest.approx(
+        [40 * 0.010 / (10 * 0.002 + 30 * 0.004), 40 * 0.012 / (10 * 0.003 + 30 * 0.004)])
+
+
+@needs_native
+def test_speed_at_a_preset_prices_the_trial_s_work_at_that_shape_once(checkpoint):
+    model, tokenizer, config, problems = checkpoint
+    config = dataclasses.replace(config, inference=dataclasses.replace(config.inference, rlvr_paths=2,
+                                                                        adaptive_paths=False))
+    metrics = TrialMeasurement(problems=4, budget_s=0.5, speed_at="tiny")(model, tokenizer, config, problems)
+    times = decode_step_times(config, "tiny", torch.get_num_threads(), 0.05, 0.5)  # the trial's, cached
+    assert set(times["optimized"]) == {1, 2} and len(times["reference"]) >= 1
+    assert metrics["speed_at"] == "tiny" and metrics["paths_per_problem"] == 2
+    assert metrics["speedup_rounds"]["samples"] == pytest.approx(
+        forced_work_speedups(times, [(tokens, 2) for tokens in _correct_lengths(tokenizer, config, problems, 4)]))
+
+
+def _correct_lengths(tokenizer, config, problems, count):
+    from ryot_ray.validate.validator import completion_tokens
+
+    return [completion_tokens(tokenizer, p, config.data.scratchpad) + 1 for p in spread_subset(problems, count)]
 
 
 def test_reference_accuracy_is_its_greedy_exact_match_on_the_same_problems(trained_reference):
