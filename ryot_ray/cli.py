@@ -140,13 +140,13 @@ def _train(args: argparse.Namespace) -> int:
         directory = experiment_dir(args.results_dir, name, resume=False)
     _check_memory(config, args.address)
 
-    from ryot_ray.cluster import connect
+    from ryot_ray.cluster import connect, dashboard_lines
     from ryot_ray.train.loop import epoch_line
     from ryot_ray.train.run import run_training
 
     dashboard = connect(args.address, args.dashboard_host)
     if dashboard:
-        print(f"Ray dashboard: {dashboard}")
+        print(dashboard_lines(dashboard))
     print(f"experiment {directory.name}: {config.model.quantization} {config.model.preset}, "
           f"{config.train.workers} worker(s), {config.train.epochs} epoch(s) -> {directory}")
     outcome = run_training(config, directory)
@@ -207,7 +207,7 @@ def _tune(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ConfigError("--repeats must be at least 1")
 
-    from ryot_ray.cluster import connect
+    from ryot_ray.cluster import connect, dashboard_lines
     from ryot_ray.report.tune import write_search_summary, write_tune_reports
     from ryot_ray.report.validation import write_reports
     from ryot_ray.tune.summary import fallback_warning, interrupted, summarize
@@ -216,7 +216,7 @@ def _tune(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     dashboard = connect(args.address, args.dashboard_host)
     if dashboard:
-        print(f"Ray dashboard: {dashboard}")
+        print(dashboard_lines(dashboard))
     if not args.resume:
         save_space(space, directory)
     print(f"experiment {directory.name}: {space.samples} trial(s) of {space.source} -> {directory}")
@@ -495,12 +495,12 @@ def _validate(args: argparse.Namespace) -> int:
     if args.repeats < 1 or (args.max_problems is not None and args.max_problems < 1):
         raise ConfigError("--repeats and --max-problems must be at least 1")
 
-    from ryot_ray.cluster import connect
+    from ryot_ray.cluster import connect, dashboard_lines
     from ryot_ray.report.validation import TRAINING_FILE, write_reports
 
     dashboard = connect(args.address, args.dashboard_host)
     if dashboard:
-        print(f"Ray dashboard: {dashboard}")
+        print(dashboard_lines(dashboard))
     print(f"rlvr_paths {config.inference.rlvr_paths}, ffn_level {config.inference.ffn_level}")
     report = _validate_on_actor(args.checkpoint, args.reference, targets, vars(config.inference), args.repeats,
                                 args.max_problems, not args.no_memory, config.validate.deploy_preset)

@@ -49,6 +49,12 @@ def connect(address: str | None = None, dashboard_host: str = "127.0.0.1") -> st
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+def dashboard_lines(url: str) -> str:
+    """The dashboard's URL and how to get past its token prompt."""
+    return (f"Ray dashboard: {url}\n"
+            "  it asks for the cluster's token: `ray get-auth-token` prints it (keep it on this machine)")
+
+
 def cluster_resources() -> dict:
     return {
         "nodes": len([n for n in ray.nodes() if n["Alive"]]),

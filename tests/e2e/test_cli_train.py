@@ -21,7 +21,7 @@ def ryot_ray(*args, cwd=REPO):
 def test_train_smoke_then_resume(tmp_path):
     done = ryot_ray("train", "--config", "configs/smoke.yaml", "--results-dir", str(tmp_path), "--name", "smoke")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Ray dashboard: http://127.0.0.1:" in done.stdout
+    assert "Ray dashboard: http://127.0.0.1:" in done.stdout and "`ray get-auth-token` prints it" in done.stdout
     assert "epoch 2: train loss" in done.stdout and "test exact match" in done.stdout
     live = [line for line in done.stdout.splitlines() if "RayTrainWorker" in line]  # as it happened, from rank 0
     assert any("epoch 1: step " in line for line in live) and any("epoch 2: train loss" in line for line in live)
