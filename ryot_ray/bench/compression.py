@@ -21,6 +21,7 @@ import torch
 
 from ryot_ray.bench.decode import digit_prompt
 from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
+from ryot_ray.progress import progress
 from ryot_ray.stats import spread
 from ryot_ray.config import Config, ModelConfig
 from ryot_ray.data.examples import collate, training_examples
@@ -120,7 +121,7 @@ def training_memory(config: Config, rounds: int = 3, steps: int = 2, threads: in
     rss: dict[str, list[float]] = {name: [] for name in variants}
     saved: dict[str, list[float]] = {name: [] for name in variants}
     resets = []
-    for round_ in range(rounds):
+    for round_ in progress(range(rounds), "training memory rounds"):
         for name in variants if round_ % 2 == 0 else variants[::-1]:
             peak, held, reset = in_fresh_process(_train_steps, config.to_dict(), name, steps, threads,
                                                  what=f"{name} training memory")
@@ -192,7 +193,7 @@ def matryoshka_decode(preset: str, rounds: int, prompt_tokens: int = 32, new_tok
     for name, level in levels.items():
         engine.use_width(level)
         _tokens_per_s(engine, prompt, 4)  # warm-up
-    for round_ in range(rounds):
+    for round_ in progress(range(rounds), "decode rounds"):
         for name in levels if round_ % 2 == 0 else list(levels)[::-1]:
             engine.use_width(levels[name])
             rates[name].append(_tokens_per_s(engine, prompt, new_tokens))

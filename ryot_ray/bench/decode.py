@@ -44,6 +44,7 @@ from ryot_ray.kernels.ternary import read_bytes
 from ryot_ray.machine import machine_facts
 from ryot_ray.memory import in_fresh_process, peak_rss_mb
 from ryot_ray.model.build import build_model
+from ryot_ray.progress import progress
 from ryot_ray.stats import spread
 from ryot_ray.train.checkpoint import load_checkpoint
 
@@ -183,7 +184,7 @@ def bench_threads(threads: int, reference: nn.Module, frozen: dict, files: dict,
         _decode(name, engines, reference, prompt, 4)
     ttft, long_ttft, rate, steps = ({name: [] for name in VARIANTS} for _ in range(4))
     one, many = {name: [] for name in NATIVE}, {name: [] for name in NATIVE}
-    for round_ in range(rounds):
+    for round_ in progress(range(rounds), f"decode rounds at {threads} thread(s)"):
         order = VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]
         for name in order:
             first, tokens_per_s, per_token = _decode(name, engines, reference, prompt, new_tokens)

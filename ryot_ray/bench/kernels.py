@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ryot_ray.progress import progress
 from ryot_ray.stats import spread
 from ryot_ray.kernels.autotune import copies_to_fill, time_interleaved
 from ryot_ray.kernels.pack import pack_ternary
@@ -59,7 +60,7 @@ def bench_kernels(
     torch.manual_seed(seed)
     order = random.Random(seed)
     rows = []
-    for k, n in shapes:
+    for k, n in progress(shapes, "kernel shapes"):
         for m in tokens:
             per_token_tile = 1 if m == 1 else tokens_per_tile
             paths = _paths(k, n, rows_per_tile, per_token_tile, threads, cycle_bytes)

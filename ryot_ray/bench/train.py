@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from ryot_ray.progress import progress
 from ryot_ray.stats import spread
 from ryot_ray.config import Config
 from ryot_ray.data.examples import collate, training_examples
@@ -49,7 +50,7 @@ def bench_train(config: Config, rounds: int = 5, steps: int = 5, threads: int | 
         runners[kind] = (model, build_optimizer(model, config))
         _train_steps(*runners[kind], batches[:1], config.train.bf16)  # warm-up
     seconds: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    for round_ in range(rounds):
+    for round_ in progress(range(rounds), "training rounds"):
         for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
             seconds[kind].append(_train_steps(*runners[kind], batches, config.train.bf16))
     speedups = [ref / bit for ref, bit in zip(seconds["none"], seconds["bitnet"])]

@@ -24,6 +24,7 @@ from ryot_ray.kernels.pack import pack_ternary
 from ryot_ray.kernels.ternary import native_linear
 from ryot_ray.machine import cpu_facts
 from ryot_ray.atomic import write_json_atomic
+from ryot_ray.progress import progress
 
 DEFAULT_TILE = {"rows_per_tile": 2, "tokens_per_tile": 8}
 PREFILL_TOKENS = 128
@@ -117,7 +118,8 @@ def autotune_shape(k: int, n: int, rounds: int = 5, calls: int = 5, cycle_bytes:
 def autotune(shapes, rounds: int = 5, calls: int = 5, path: Path | None = None, **kwargs) -> dict:
     """Tune every (K, N) shape, merge into the cache file and return this run's entries."""
     path = path or cache_path()
-    entries = {f"{k}x{n}": autotune_shape(k, n, rounds, calls, **kwargs) for k, n in shapes}
+    entries = {f"{k}x{n}": autotune_shape(k, n, rounds, calls, **kwargs)
+               for k, n in progress(shapes, "autotuning shapes")}
     write_json_atomic(path, {**load_cache(path), **entries})
     return entries
 

@@ -119,6 +119,17 @@ def _answer(name: str, variant: Variant, problem: Problem, max_new_tokens: int,
     return result.answer, result.paths, result.tokens
 
 
+def show_progress() -> None:
+    """This process's validation progress at INFO on stderr (Ray forwards an actor's
+    stderr to the driver's console), once."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("validation: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def answer_interleaved(variants: dict[str, Variant], problems: list[Problem], max_new_tokens: int) -> dict:
     """Per variant: correct, paths, tokens and seconds for every problem, answered in turn."""
     records = {name: {"correct": [], "paths": [], "tokens": [], "seconds": []} for name in variants}
@@ -235,6 +246,7 @@ class InferenceValidator:
         self.targets, self.repeats, self.max_problems, self.memory = targets, repeats, max_problems, memory
         self.inference_overrides = inference or {}
         self.threads = default_threads()
+        show_progress()
 
     def validate(self) -> dict:
         torch.set_num_threads(self.threads)
@@ -272,9 +284,11 @@ class InferenceValidator:
 
         started = time.perf_counter()
         answering = variants if trained_reference else {n: v for n, v in variants.items() if v.step is not None}
+        log.info("answering %d test problems with %d variants, in turn", len(problems), len(answering))
         records = answer_interleaved(answering, problems, max_new_tokens)
         measured = {name: summarize(records[name], problems) for name in answering}
         speed_names = ["reference", "transformers", optimized_name]
+        log.info("timing TTFT and decode speed, %d interleaved repeats", self.repeats)
         timed = speeds({name: variants[name] for name in speed_names}, problems[0].prompt, self.repeats)
         for name in speed_names:
             measured.setdefault(name, {}).update(timed[name])
@@ -282,6 +296,7 @@ class InferenceValidator:
             if name in measured:
                 measured[name]["threads"] = self.threads if name == "transformers" else team(variant)
         if self.memory:
+            log.info("peak RSS of a fresh process answering with each model")
             few = problems[:MEMORY_PROBLEMS]
             last = steps[-1]
             deployed = [("reference", self.reference_checkpoint, InferenceConfig(), True),
@@ -339,6 +354,7 @@ class InferenceValidator:
             return {"shape": self.deploy_preset, "not_measured": f"the native step cannot run here ({path.reason})"}
         tokens = measured.get("reference", {}).get("tokens_total")
         ratio = tokens / optimized["tokens_total"] if tokens and optimized["tokens_total"] else None
+        log.info("the deployment shape %s: random-weight models with the same knobs, measured", self.deploy_preset)
         return measure_deployment(config, self.deploy_preset, self.targets, retention, ratio, self.repeats, self.memory)
 
 

@@ -18,6 +18,7 @@ def test_validate_runs_the_actor_and_writes_every_report(tmp_path, trained_neste
     assert "memory_mb: at most 500.0, measured not measured -> NOT MET" in done.stdout
     assert "at the deployment shape tiny (random weights): integrated speedup" in done.stdout
     assert "Phase 1 at tiny (random weights):" in done.stdout
+    assert "validation: answering 2 test problems" in done.stderr  # the actor's progress, as it happens
     report = json.loads((tmp_path / "inference_validation_report.json").read_text())
     assert report["problems"] == 2 and report["inference"]["rlvr_paths"] == 2
     assert report["deployment"]["shape"] == "tiny" and (tmp_path / "speedup_by_size.png").is_file()
