@@ -21,7 +21,7 @@ import torch
 
 from ryot_ray.bench.decode import digit_prompt
 from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
-from ryot_ray.progress import progress
+from ryot_ray.progress_bar import progress
 from ryot_ray.stats import spread
 from ryot_ray.config import Config, ModelConfig
 from ryot_ray.data.examples import collate, training_examples

@@ -44,7 +44,7 @@ from ryot_ray.kernels.ternary import read_bytes
 from ryot_ray.machine import machine_facts
 from ryot_ray.memory import in_fresh_process, peak_rss_mb
 from ryot_ray.model.build import build_model
-from ryot_ray.progress import progress
+from ryot_ray.progress_bar import progress
 from ryot_ray.stats import spread
 from ryot_ray.train.checkpoint import load_checkpoint
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ryot_ray.progress import progress
+from ryot_ray.progress_bar import progress
 from ryot_ray.stats import spread
 from ryot_ray.kernels.autotune import copies_to_fill, time_interleaved
 from ryot_ray.kernels.pack import pack_ternary

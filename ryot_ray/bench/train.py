@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ryot_ray.progress import progress
+from ryot_ray.progress_bar import progress
 from ryot_ray.stats import spread
 from ryot_ray.config import Config
 from ryot_ray.data.examples import collate, training_examples

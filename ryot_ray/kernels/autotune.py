@@ -24,7 +24,7 @@ from ryot_ray.kernels.pack import pack_ternary
 from ryot_ray.kernels.ternary import native_linear
 from ryot_ray.machine import cpu_facts
 from ryot_ray.atomic import write_json_atomic
-from ryot_ray.progress import progress
+from ryot_ray.progress_bar import progress
 
 DEFAULT_TILE = {"rows_per_tile": 2, "tokens_per_tile": 8}
 PREFILL_TOKENS = 128

@@ -34,7 +34,7 @@ from ryot_ray.infer.load import native_engine
 from ryot_ray.infer.speed import engine_speed
 from ryot_ray.memory import in_fresh_process
 from ryot_ray.model.build import PRESETS, build_model, llama_config
-from ryot_ray.stats import spread
+from ryot_ray.stats import median_uncertainty, spread
 from ryot_ray.validate.verdicts import phase1_verdicts
 
 PROMPT_TOKENS = 128  # the prompt TTFT is judged at
@@ -90,8 +90,8 @@ def decode_step_times(config: Config, preset: str, threads: int, spread_goal: fl
                       min_rounds: int = 3) -> dict:
     """Median decode-step seconds at `preset` (random weights) for the fp32 reference with
     one path and for the optimized configuration with every path count up to its
-    `rlvr_paths`, per round, rounds interleaved until the one-path speedup's spread is
-    within `spread_goal` or `budget_s` is spent. Measured once per process and knobs:
+    `rlvr_paths`, per round, rounds interleaved until the one-path speedup's median is
+    known within `spread_goal` or `budget_s` is spent. Measured once per process and knobs:
     speed at a fixed shape does not change as a trial trains."""
     inference = config.inference
     key = (preset, config.seed, config.model.mrl_depth, config.model.sparse_k, inference.tile_size,
@@ -117,7 +117,7 @@ def decode_step_times(config: Config, preset: str, threads: int, spread_goal: fl
                 else:
                     times["optimized"][turn].append(_forced(optimized, prompt, turn, TRIAL_STEPS))
             ratios = [r / o for r, o in zip(times["reference"], times["optimized"][1])]
-            settled = len(ratios) >= min_rounds and (max(ratios) - min(ratios)) / statistics.median(ratios) <= spread_goal
+            settled = len(ratios) >= min_rounds and median_uncertainty(ratios) <= spread_goal
             if settled or time.perf_counter() - started > budget_s:
                 break
         for engine in (optimized, reference):

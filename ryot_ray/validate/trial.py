@@ -10,11 +10,12 @@ completion and EOS, by the optimized model with the paths it used for that probl
 one batch) and by a same-shape fp32 model with one greedy path (the reference's weights
 are random: its time does not depend on values). Problem by problem the two alternate
 which goes first. A round is every measured problem; the speedup of a round is the
-reference's time over the optimized time. Rounds repeat until their spread ((max - min)
-/ median) is within `spread_goal`, or the time budget is spent; the trial's speedup is
-their median, and the report keeps every round. The reference's accuracy is measured
-once per experiment, on the trained reference and the same problems
-(`reference_accuracy`).
+reference's time over the optimized time. Rounds repeat until their median is known
+within `spread_goal` (the width of its ~95 % interval over it: with three rounds, their
+whole range; with more, a stray round under load no longer counts) or the time budget is
+spent; the trial's speedup is their median, and the report keeps every round. The
+reference's accuracy is measured once per experiment, on the trained reference and the
+same problems (`reference_accuracy`).
 
 With `speed_at` a preset (or a local `transformers` config), the speed is that of the
 shape a user deploys: the same forced work (the trial's tokens and paths per problem)
@@ -43,7 +44,7 @@ from ryot_ray.infer.load import engine_path
 from ryot_ray.infer.reasoning import answer
 from ryot_ray.machine import cpu_facts
 from ryot_ray.model.build import build_model
-from ryot_ray.stats import spread
+from ryot_ray.stats import median_uncertainty, spread
 from ryot_ray.train.checkpoint import load_checkpoint
 from ryot_ray.validate.deployment import decode_step_times, forced_work_speedups
 from ryot_ray.validate.validator import answer_budget, completion_tokens, context_length
@@ -90,8 +91,7 @@ def speed_rounds(optimized: Engine, reference: Engine, work: list[tuple[str, int
                         reference_s += forced(reference, prompt, tokens, 1)
             passes += 1
         rounds.append(reference_s / optimized_s)
-        median = statistics.median(rounds)
-        settled = len(rounds) >= min_rounds and (max(rounds) - min(rounds)) / median <= spread_goal
+        settled = len(rounds) >= min_rounds and median_uncertainty(rounds) <= spread_goal
         if settled or time.perf_counter() - started > budget_s:
             return rounds
 
@@ -101,7 +101,7 @@ class TrialMeasurement:
     """Call with (model, tokenizer, config, validation problems) after an epoch."""
 
     problems: int = 48  # validation problems answered per epoch
-    spread_goal: float = 0.05  # rounds until (max - min) / median of their speedups is this small
+    spread_goal: float = 0.05  # rounds until their median is known within this fraction
     budget_s: float = 10.0  # ... or this much time went into timing
     speed_at: str = "model"  # the trained model's own shape, or a preset / config to price its work at
 
@@ -136,7 +136,7 @@ class TrialMeasurement:
             "inference_accuracy": statistics.fmean(a.answer == p.answer for a, p in zip(answers, chosen)),
             "speedup": median,
             "speedup_rounds": spread(rounds),
-            "speedup_spread": (max(rounds) - min(rounds)) / median,
+            "speedup_spread": median_uncertainty(rounds),
             "speed_at": self.speed_at,
             "answer_time_s": answer_time,
             "paths_per_problem": statistics.fmean(a.paths for a in answers),

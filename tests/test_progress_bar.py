@@ -3,7 +3,7 @@
 import io
 import sys
 
-from ryot_ray.progress import progress
+from ryot_ray.progress_bar import progress
 
 
 class Terminal(io.StringIO):
