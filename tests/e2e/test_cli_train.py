@@ -23,7 +23,7 @@ def test_train_smoke_then_resume(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Ray dashboard: http://127.0.0.1:" in done.stdout and "`ray get-auth-token` prints it" in done.stdout
     assert "epoch 2: train loss" in done.stdout and "test exact match" in done.stdout
-    live = [line for line in done.stdout.splitlines() if "RayTrainWorker" in line]  # as it happened, from rank 0
+    live = [line for line in done.stderr.splitlines() if "RayTrainWorker" in line]  # as it happened, from rank 0
     assert any("epoch 1: step " in line for line in live) and any("epoch 2: train loss" in line for line in live)
     report = json.loads((tmp_path / "smoke" / "training_metrics_report.json").read_text())
     assert [e["epoch"] for e in report["epochs"]] == [1, 2]
