@@ -46,6 +46,8 @@ TRAIN_RUNS = "train-runs"  # the trials' Ray Train runs
 REFERENCE_RECORD = "reference_accuracy-{problems}-problems.json"  # its accuracy, per number measured
 TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2**20}  # Tune needs some resource in a trial's bundle
 STATE_SAVE_S = "1"
+DRIVERS_FILE = "driver_jobs.json"  # the Ray job (and cluster head) of this search's last driver
+HEAD_RESOURCE = "node:__internal_head__"  # the resource only Ray's head node has
 
 
 class SearchError(RuntimeError):
@@ -172,6 +174,10 @@ def run_search(space: SearchSpace, directory: Path, reference: Reference, measur
     # would lose trials that had finished and --resume would start them again.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_S)
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER)
+    released = release_earlier_drivers(directory)
+    if released:
+        log.warning("released %d placement group(s) that an earlier, stopped driver of this search left behind",
+                    released)
     path = directory / TUNE_RUN
     if resume and ray.tune.Tuner.can_restore(str(path)):
         tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True)  # errored: kept as they ended
@@ -190,23 +196,41 @@ def run_search(space: SearchSpace, directory: Path, reference: Reference, measur
                 callbacks=[TrialProgress(space.scheduler.max_t), TrialMetrics(directory.name)]),
         )
     results = tuner.fit()
-    released = release_leftover_placement_groups()
+    released = release_placement_groups(ray.get_runtime_context().get_job_id())
     if released:
         log.warning("released %d placement group(s) that stopped trials' Train runs left behind", released)
     return results
 
 
-def release_leftover_placement_groups() -> int:
-    """Remove the placement groups this job still holds once every trial has ended.
+def release_placement_groups(job: str) -> int:
+    """Remove the placement groups the Ray job `job` still holds.
 
-    A trial Tune stops while its Train run is shutting down can leave the worker group's
-    placement group behind (Ray Train's cleaner has already stopped by then); the CPUs it
-    holds would keep the validator from ever starting. Only this job's are removed: a
-    placement group's id ends with the id of the job that created it (Ray's ID layout).
+    Called for this job once every trial has ended: a trial Tune stops while its Train run
+    is shutting down can leave the worker group's placement group behind (Ray Train's
+    cleaner has already stopped by then); the CPUs it holds would keep the validator from
+    ever starting. Only `job`'s are removed: a placement group's id ends with the id of the
+    job that created it (Ray's ID layout).
     """
-    job = ray.get_runtime_context().get_job_id()
     leftover = [pg_id for pg_id, pg in placement_group_table().items()
                 if pg["state"] == "CREATED" and pg_id.endswith(job)]
     for pg_id in leftover:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
     return len(leftover)
+
+
+def release_earlier_drivers(directory: Path) -> int:
+    """Release what earlier drivers of this search left on this cluster; record this one.
+
+    A driver killed mid-search (SIGKILL, a lost node) can leave its trials' placement
+    groups behind after its job ended; their CPUs would keep the resumed trials waiting
+    for ever. A search runs one driver at a time, so the placement groups of its earlier
+    drivers' jobs on the same cluster (same head node) are released; nothing else is.
+    """
+    path = directory / DRIVERS_FILE
+    earlier = json.loads(path.read_text()) if path.is_file() else []
+    head = next(node["NodeID"] for node in ray.nodes() if node["Alive"] and HEAD_RESOURCE in node["Resources"])
+    current = {"head": head, "job": ray.get_runtime_context().get_job_id()}
+    released = sum(release_placement_groups(driver["job"]) for driver in earlier
+                   if driver["head"] == head and driver != current)
+    write_json_atomic(path, [driver for driver in earlier if driver["head"] != head] + [current])
+    return released

@@ -84,14 +84,57 @@ def test_scheduler_and_search_follow_the_space():
 def test_placement_groups_left_by_this_job_are_released(ray_cluster):
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from ryot_ray.tune.tuner import release_leftover_placement_groups
+    from ryot_ray.tune.tuner import release_placement_groups
 
     left = placement_group([{"CPU": 1}])
     ray_cluster.get(left.ready())
     assert ray_cluster.available_resources().get("CPU", 0) == 1
-    assert release_leftover_placement_groups() == 1
+    job = ray_cluster.get_runtime_context().get_job_id()
+    assert release_placement_groups(job) == 1
     assert placement_group_table()[left.id.hex()]["state"] == "REMOVED"
-    assert release_leftover_placement_groups() == 0
+    assert release_placement_groups(job) == 0
+
+
+EARLIER_DRIVER = """
+import ray
+from ray.util.placement_group import placement_group
+ray.init(address="{address}")
+left = placement_group([{{"CPU": 1}}], lifetime="detached")  # outlives this driver, as a killed search's did
+ray.get(left.ready())
+print(ray.get_runtime_context().get_job_id(), left.id.hex())
+"""
+
+
+@pytest.mark.ray
+def test_a_resumed_search_releases_what_its_earlier_driver_left_and_nothing_else(ray_cluster, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from ryot_ray.tune.tuner import DRIVERS_FILE, release_earlier_drivers
+
+    address = ray_cluster.get_runtime_context().gcs_address
+    done = subprocess.run([sys.executable, "-c", EARLIER_DRIVER.format(address=address)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    earlier_job, earlier_group = done.stdout.split()[-2:]
+    mine = placement_group([{"CPU": 1}])  # the current driver's own stays
+    ray_cluster.get(mine.ready())
+    assert release_earlier_drivers(tmp_path) == 0  # a new search: nothing earlier
+    (driver,) = json.loads((tmp_path / DRIVERS_FILE).read_text())
+    assert driver["job"] == ray_cluster.get_runtime_context().get_job_id()
+    another_cluster = {"head": "0" * 56, "job": earlier_job}
+    (tmp_path / DRIVERS_FILE).write_text(json.dumps([another_cluster]))
+    assert release_earlier_drivers(tmp_path) == 0  # the same job id on another cluster is not ours
+    (tmp_path / DRIVERS_FILE).write_text(json.dumps([{**driver, "job": earlier_job}]))
+    assert release_earlier_drivers(tmp_path) == 1
+    assert placement_group_table()[earlier_group]["state"] == "REMOVED"
+    assert placement_group_table()[mine.id.hex()]["state"] == "CREATED"
+    assert json.loads((tmp_path / DRIVERS_FILE).read_text()) == [driver]
+    assert release_earlier_drivers(tmp_path) == 0  # its own are never released this way
+    ray_cluster.util.remove_placement_group(mine)
 
 
 def test_trials_start_from_the_trained_reference_when_the_space_says_so(ray_cluster, tmp_path):
