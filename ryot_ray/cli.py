@@ -313,8 +313,7 @@ def _check_deployment(shape: str | None, where: str, needs_native: bool = False)
         from ryot_ray.validate.deployment import deployment_shape
 
         deployment_shape(shape, where)
-        path = engine_path()
-        if needs_native and path.name != "native":
+        if needs_native and (path := engine_path()).name != "native":
             raise ConfigError(f"{where}: {shape} is measured by the native step, which cannot run here ({path.reason})")
 
 

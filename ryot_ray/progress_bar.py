@@ -9,5 +9,5 @@ from collections.abc import Iterable
 from tqdm import tqdm
 
 
-def progress(items: Iterable, what: str, total: int | None = None) -> Iterable:
-    return tqdm(items, desc=what, total=total, disable=None, leave=False, file=sys.stderr)
+def progress(items: Iterable, what: str) -> Iterable:
+    return tqdm(items, desc=what, disable=None, leave=False, file=sys.stderr)

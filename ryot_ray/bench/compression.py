@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from ryot_ray.bench.decode import digit_prompt
+from ryot_ray.infer.speed import digit_prompt
 from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
 from ryot_ray.progress_bar import progress
 from ryot_ray.stats import spread

@@ -38,7 +38,7 @@ from ryot_ray.infer.engine import Engine, SamplingConfig
 from ryot_ray.infer.freeze import freeze
 from ryot_ray.infer.load import engine_path, native_engine
 from ryot_ray.infer.model_file import FrozenModel
-from ryot_ray.infer.speed import engine_speed, transformers_speed, transformers_ttft
+from ryot_ray.infer.speed import digit_prompt, engine_speed, transformers_speed, transformers_ttft
 from ryot_ray.kernels.native import native_isas
 from ryot_ray.kernels.ternary import read_bytes
 from ryot_ray.machine import machine_facts
@@ -53,10 +53,6 @@ NATIVE = ("reference", "ternary", "ternary_int8_head")
 TERNARY = ("ternary", "ternary_int8_head")
 PEERS = ("reference", "transformers")
 BANDWIDTH_BYTES = 512 * 2**20
-
-
-def digit_prompt(tokens: int) -> str:
-    return ("0123456789 " * tokens)[: tokens - 1]  # the tokenizer adds BOS
 
 
 def reference_model(preset: str, seed: int = 0) -> nn.Module:

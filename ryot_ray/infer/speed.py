@@ -11,6 +11,11 @@ from torch import nn
 from ryot_ray.infer.engine import Engine, SamplingConfig
 
 
+def digit_prompt(tokens: int) -> str:
+    """A prompt of `tokens` tokens for the character tokenizer (which adds BOS), for timing."""
+    return ("0123456789 " * tokens)[: tokens - 1]
+
+
 def engine_speed(engine: Engine, prompt: str, new_tokens: int) -> tuple[float, float, list[float]]:
     """(TTFT s, decode tokens/s, per-token seconds), always `new_tokens` tokens."""
     generation = engine.generate([prompt], SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True))

@@ -31,7 +31,7 @@ from ryot_ray.infer.engine import Engine, SamplingConfig
 from ryot_ray.infer.engines import tune_tiles
 from ryot_ray.infer.freeze import freeze
 from ryot_ray.infer.load import native_engine
-from ryot_ray.infer.speed import engine_speed
+from ryot_ray.infer.speed import digit_prompt, engine_speed
 from ryot_ray.memory import in_fresh_process
 from ryot_ray.model.build import PRESETS, build_model, llama_config
 from ryot_ray.stats import median_uncertainty, spread
@@ -54,10 +54,6 @@ def deployment_shape(name: str, where: str = "validate.deploy_preset") -> LlamaC
         return LlamaConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{where}: {path}: {error}") from None
-
-
-def digit_prompt(tokens: int) -> str:
-    return ("0123456789 " * tokens)[: tokens - 1]  # the tokenizer adds BOS
 
 
 def frozen_pair(config: Config, shape: LlamaConfig) -> dict:

@@ -343,7 +343,6 @@ class InferenceValidator:
         report["ablation"] = ablation_report(steps, measured, report)
         return report
 
-
     def _deployment(self, config: Config, measured: dict, optimized: dict, retention: float | None) -> dict | None:
         """The deployment-shape section; it measures the native step, so where that cannot
         run (no native library on this node) it is reported as not measured."""
