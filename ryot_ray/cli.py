@@ -140,13 +140,10 @@ def _train(args: argparse.Namespace) -> int:
         directory = experiment_dir(args.results_dir, name, resume=False)
     _check_memory(config, args.address)
 
-    from ryot_ray.cluster import connect, dashboard_lines
     from ryot_ray.train.loop import epoch_line
     from ryot_ray.train.run import run_training
 
-    dashboard = connect(args.address, args.dashboard_host)
-    if dashboard:
-        print(dashboard_lines(dashboard))
+    _connect(args, directory.name)
     print(f"experiment {directory.name}: {config.model.quantization} {config.model.preset}, "
           f"{config.train.workers} worker(s), {config.train.epochs} epoch(s) -> {directory}")
     outcome = run_training(config, directory)
@@ -207,16 +204,15 @@ def _tune(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ConfigError("--repeats must be at least 1")
 
-    from ryot_ray.cluster import connect, dashboard_lines
     from ryot_ray.report.tune import write_search_summary, write_tune_reports
     from ryot_ray.report.validation import write_reports
+    from ryot_ray.tune.metrics import write_grafana_dashboard
     from ryot_ray.tune.summary import fallback_warning, interrupted, summarize
     from ryot_ray.tune.tuner import TUNE_RUN, SearchError, run_search, train_reference
 
     started = time.perf_counter()
-    dashboard = connect(args.address, args.dashboard_host)
-    if dashboard:
-        print(dashboard_lines(dashboard))
+    connection = _connect(args, directory.name)
+    grafana = write_grafana_dashboard(directory, connection.session_dir if connection else None)
     if not args.resume:
         save_space(space, directory)
     print(f"experiment {directory.name}: {space.samples} trial(s) of {space.source} -> {directory}")
@@ -228,7 +224,7 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"reference {reference.config_hash} ({'trained now' if reference.trained_now else 'cached'}): "
               f"exact match {reference.accuracy:.3f} on {space.measure_problems} validation problems")
         results = run_search(space, directory, reference, measurement, resume=bool(args.resume))
-        if interrupted(results):
+        if interrupted(results, space.scheduler.max_t):
             raise KeyboardInterrupt
         summary = summarize(results, space, reference, time.perf_counter() - started)
     except SearchError as error:
@@ -251,7 +247,19 @@ def _tune(args: argparse.Namespace) -> int:
     _print_validation(report, written)
     print(f"every trial's figures by epoch in TensorBoard (pip install tensorboard): "
           f"tensorboard --logdir {directory / TUNE_RUN}")
+    print(f"and live in Grafana (with Prometheus scraping the cluster): {', '.join(map(str, grafana))}")
     return 0
+
+
+def _connect(args: argparse.Namespace, job_name: str):
+    """Join or start the run's Ray cluster, its job named `job_name`; show how to reach
+    its dashboard."""
+    from ryot_ray.cluster import connect, dashboard_lines
+
+    connection = connect(args.address, args.dashboard_host, job_name)
+    if connection and connection.dashboard:
+        print(dashboard_lines(connection.dashboard))
+    return connection
 
 
 def _check_memory(config, address: str | None) -> None:
@@ -494,12 +502,9 @@ def _validate(args: argparse.Namespace) -> int:
     if args.repeats < 1 or (args.max_problems is not None and args.max_problems < 1):
         raise ConfigError("--repeats and --max-problems must be at least 1")
 
-    from ryot_ray.cluster import connect, dashboard_lines
     from ryot_ray.report.validation import TRAINING_FILE, write_reports
 
-    dashboard = connect(args.address, args.dashboard_host)
-    if dashboard:
-        print(dashboard_lines(dashboard))
+    _connect(args, f"validate {args.checkpoint}")
     print(f"rlvr_paths {config.inference.rlvr_paths}, ffn_level {config.inference.ffn_level}")
     report = _validate_on_actor(args.checkpoint, args.reference, targets, vars(config.inference), args.repeats,
                                 args.max_problems, not args.no_memory, config.validate.deploy_preset)

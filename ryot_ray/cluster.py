@@ -3,15 +3,19 @@
 With no address (and no RAY_ADDRESS), `ray.init()` starts a local cluster; inside
 `ray job submit`, plain `ray.init()` joins the job's cluster. The dashboard stays on
 127.0.0.1 unless the user asks for another host; token authentication is left as Ray
-sets it.
+sets it. The driver's job carries the experiment's name (`job_name`, the dashboard's Jobs
+page shows and filters by it; a `ray job submit` caller's own metadata wins, as in Ray).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 
 import ray
+from ray.job_config import JobConfig
 
 from ryot_ray.config import ConfigError
 
@@ -34,19 +38,28 @@ def check_reachable(address: str) -> None:
         raise ConfigError(f"--address {address}: no Ray cluster answers there ({error})") from None
 
 
-def connect(address: str | None = None, dashboard_host: str = "127.0.0.1") -> str | None:
-    """Initialise Ray once per process; return the dashboard URL if there is one."""
+@dataclass(frozen=True)
+class Connection:
+    dashboard: str | None  # the dashboard's URL, if the cluster runs one
+    session_dir: Path  # the cluster session's directory (on the head node)
+
+
+def connect(address: str | None = None, dashboard_host: str = "127.0.0.1",
+            job_name: str | None = None) -> Connection | None:
+    """Initialise Ray once per process (None if it already was)."""
     if ray.is_initialized():
         return None
     if address:
         check_reachable(address)
     kwargs = {"address": address} if address else {"dashboard_host": dashboard_host}
+    job_config = JobConfig(metadata={"job_name": job_name} if job_name else {})
     try:
-        context = ray.init(**kwargs, logging_level="WARNING", log_to_driver=True)
+        context = ray.init(**kwargs, job_config=job_config, logging_level="WARNING", log_to_driver=True)
     except ConnectionError as error:
         raise ConfigError(f"--address {address}: {error}") from None
     url = context.dashboard_url
-    return f"http://{url}" if url and not url.startswith("http") else url
+    return Connection(f"http://{url}" if url and not url.startswith("http") else url,
+                      Path(context.address_info["session_dir"]))
 
 
 def dashboard_lines(url: str) -> str:

@@ -27,7 +27,7 @@ def _search(space: SearchSpace, name: str, directory: Path, reference, measureme
     scheduled = dataclasses.replace(space, scheduler=dataclasses.replace(space.scheduler, name=name))
     start = time.perf_counter()
     results = run_search(scheduled, directory, reference, measurement)
-    if interrupted(results):
+    if interrupted(results, space.scheduler.max_t):
         raise KeyboardInterrupt
     summary = summarize(results, scheduled, reference, time.perf_counter() - start)
     return {

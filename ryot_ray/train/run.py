@@ -3,10 +3,14 @@
 Layout of `results/<experiment>/`: `config.yaml` (what was asked, for `--resume`),
 `ray/` (Ray Train's run storage with every epoch's checkpoint), `checkpoint/` (the
 latest good checkpoint) and `training_metrics_report.json`.
+
+Every Train run ryot-ray starts has Ray Train's state tracking on, so the dashboard's
+Train API (`/api/train/v2/runs/v1`) lists it by name with its attempts and workers.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -26,7 +30,7 @@ from ryot_ray.train.checkpoint import CheckpointError, TrainingState, atomic_dir
 from ryot_ray.train.loop import train_loop_per_worker
 
 REPORT_FILE = "training_metrics_report.json"
-RUN_NAME = "train"
+STATE_TRACKING_ENV = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # read by TorchTrainer.fit in this process
 
 
 def _damaged_checkpoint(error: WorkerGroupError) -> CheckpointError | None:
@@ -53,7 +57,9 @@ class TrainingOutcome:
 
 
 def torch_trainer(config: Config, loop, name: str, storage: str, callbacks: tuple = ()) -> TorchTrainer:
-    """The run's TorchTrainer: its workers' CPUs, its storage, its worker restarts."""
+    """The run's TorchTrainer: its workers' CPUs, its storage, its worker restarts; `name`
+    is the run's name in the dashboard and its folder in `storage`."""
+    os.environ.setdefault(STATE_TRACKING_ENV, "1")
     return TorchTrainer(
         loop,
         train_loop_config=config.to_dict(),
@@ -79,7 +85,8 @@ def run_training(config: Config, directory: Path) -> TrainingOutcome:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     run_id = uuid.uuid4().hex
-    trainer = torch_trainer(config, partial(train_loop_per_worker, run_id=run_id, progress=True), RUN_NAME, str(directory / "ray"))
+    trainer = torch_trainer(config, partial(train_loop_per_worker, run_id=run_id, progress=True), directory.name,
+                            str(directory / "ray"))
     start = time.perf_counter()
     try:
         result = trainer.fit()

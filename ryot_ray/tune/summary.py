@@ -23,10 +23,15 @@ FIGURES = ("objective", "speedup", "inference_accuracy", "accuracy_retention", "
            "paths_per_problem", "node", "node_id", "cpu", "kernel_path", "threads")
 
 
-def interrupted(results: ray.tune.ResultGrid) -> bool:
-    """True when some trial neither finished nor failed: the driver was stopped. (Tune marks
-    the trials it stops on Ctrl-C terminated too; only a finished one's last result is done.)"""
-    return any(result.error is None and not (result.metrics or {}).get("done") for result in results)
+def interrupted(results: ray.tune.ResultGrid, max_t: int) -> bool:
+    """True when some trial neither ended nor failed: the driver was stopped. Tune marks the
+    trials it stops on Ctrl-C terminated too. A trial ended when it trained `max_t` epochs,
+    diverged, or Tune stopped it (its last result is `done`); a trial whose function
+    returned carries `done` only until the search is restored, so epochs decide there."""
+    def ended(metrics: dict) -> bool:
+        return bool(metrics.get("done")) or metrics.get("epoch", 0) >= max_t or metrics.get("status") == DIVERGED
+
+    return any(result.error is None and not ended(result.metrics or {}) for result in results)
 
 
 def _column(frame, name: str) -> list[float]:

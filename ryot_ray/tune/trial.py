@@ -5,7 +5,12 @@ epochs. Rank 0 of the Train run adds the measured speedup and the objective to e
 epoch's report (`epoch_metrics`), and `TuneReportCallback` forwards that report to
 Tune, where ASHA reads it. A run whose loss stops being finite ends the trial with its
 last report's status `diverged`; the search goes on. The Train run is named after the
-trial, so a restarted or resumed trial continues from its own last checkpoint.
+trial (`train-<trial id>`), so a restarted or resumed trial continues from its own last
+checkpoint, and the dashboard's Train API lists it by that name.
+
+The trial's actor is Tune's wrapper of `run_trial` with a `__repr__` of its trial id and
+knobs: Ray shows an actor's repr on the dashboard's Actors page (column Repr) and in the
+prefix of the log lines the actor prints, where Tune's own class would say `run_trial`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Callable
 
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.trainable import wrap_function
 
 from ryot_ray.config import Config, with_overrides
 from ryot_ray.train.loop import train_loop_per_worker
@@ -51,3 +57,17 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     # A failure raises here and Tune starts the trial again (its FailureConfig); its Train
     # run continues from its checkpoint. A diverged run returns: its last report says so.
     trainer.fit()
+
+
+def trial_trainable(setup: TrialSetup, resources: dict) -> type:
+    """`run_trial` with `setup` and `resources`, as the Trainable class Tune makes of a
+    function, named in the dashboard by its trial."""
+    function = ray.tune.with_resources(ray.tune.with_parameters(run_trial, setup=setup), resources)
+
+    class TuneTrial(wrap_function(function)):
+        def __repr__(self) -> str:
+            knobs = ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in sorted(self.config.items()))
+            return f"trial {self.trial_id} ({knobs})"
+
+    TuneTrial.__qualname__ = TuneTrial.__name__  # the Actors page's Class column
+    return TuneTrial

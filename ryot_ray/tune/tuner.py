@@ -37,7 +37,7 @@ from ryot_ray.tune.objective import EpochObjective
 from ryot_ray.tune.metrics import TrialMetrics
 from ryot_ray.tune.progress import TrialProgress
 from ryot_ray.tune.space import Knob, SearchSpace
-from ryot_ray.tune.trial import TrialSetup, run_trial
+from ryot_ray.tune.trial import TrialSetup, trial_trainable
 
 log = logging.getLogger(__name__)
 METRIC = "objective"
@@ -140,9 +140,11 @@ def _scheduler(space: SearchSpace):
     if space.scheduler.name == "fifo":
         return FIFOScheduler()
     # by epoch, not Tune's iteration count: a resumed trial's Train run continues its epochs
+    # A trial at max_t ends by itself (its function returns), not stopped by ASHA: its Train
+    # run then ends FINISHED in the dashboard, not ABORTED as a stopped trial's does.
     return ASHAScheduler(time_attr="epoch", max_t=space.scheduler.max_t,
                          grace_period=space.scheduler.grace_period,
-                         reduction_factor=space.scheduler.reduction_factor)
+                         reduction_factor=space.scheduler.reduction_factor, stop_last_trials=False)
 
 
 def _search_algorithm(space: SearchSpace, concurrent: int):
@@ -173,7 +175,7 @@ def run_search(space: SearchSpace, directory: Path, reference: Reference, measur
     # Tune saves the experiment state every 10 s by default; a driver killed in between
     # would lose trials that had finished and --resume would start them again.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_S)
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER)
+    trainable = trial_trainable(setup, TRIAL_DRIVER)
     released = release_earlier_drivers(directory)
     if released:
         log.warning("released %d placement group(s) that an earlier, stopped driver of this search left behind",

@@ -248,6 +248,11 @@ class InferenceValidator:
         self.threads = default_threads()
         show_progress()
 
+    def __repr__(self) -> str:
+        """The actor's name in the dashboard (Actors page, log prefixes)."""
+        path = Path(self.checkpoint)
+        return f"validator of {path.parent.name}/{path.name}"
+
     def validate(self) -> dict:
         torch.set_num_threads(self.threads)
         model, tokenizer, config, _ = load_checkpoint(Path(self.checkpoint))

@@ -2,7 +2,8 @@
 --address`, one CPU each, a resource label and a temp dir per node, token
 authentication on with a token of the cluster's own. Teardown stops only this
 cluster's processes (found by their temp dirs, with every process they started),
-never another Ray on the machine."""
+never another Ray on the machine. `dashboard` is that cluster's dashboard in headless
+Chromium (Debian's, driven by Playwright), past its token prompt."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ import pytest
 
 RAY = str(Path(sys.executable).with_name("ray"))
 REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+# without the background-networking flags Chromium keeps calling out of this closed network
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+SCREENSHOTS = REPO / "results" / "dashboard"  # linked from the README's dashboard section
 
 
 def free_port() -> int:
@@ -77,9 +83,12 @@ class Cluster:
     def stop_node(self, label: str) -> None:
         stop(processes_of(self.temp_dirs[label]))
 
-    def submit(self, *args: str, wait: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-        """`ray job submit` of `python -m ryot_ray ARGS` with the repository as working dir."""
-        command = [RAY, "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
+    def submit(self, *args: str, wait: bool = True, timeout: int = 900,
+               job_name: str | None = None) -> subprocess.CompletedProcess:
+        """`ray job submit` of `python -m ryot_ray ARGS` with the repository as working dir,
+        named `job_name` on the dashboard's Jobs page."""
+        named = ["--metadata-json", json.dumps({"job_name": job_name})] if job_name else []
+        command = [RAY, "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO), *named,
                    *([] if wait else ["--no-wait"]), "--", sys.executable, "-m", "ryot_ray", *args]
         deadline = time.monotonic() + 60
         while True:
@@ -138,3 +147,39 @@ def cluster():
         for directory in cluster.temp_dirs.values():
             stop(processes_of(directory))
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def chromium() -> Path:
+    """Debian's Chromium, installed here when missing; skipped only where it cannot be
+    (never in CI)."""
+    if not CHROMIUM.exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+            subprocess.run(command, env=env, capture_output=True, timeout=900)
+    if not CHROMIUM.exists():
+        reason = f"no {CHROMIUM}, and it cannot be installed here (apt-get install chromium, as root)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def dashboard(cluster):
+    """A page of the cluster's dashboard in headless Chromium, the token entered in its prompt."""
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = chromium()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(cluster.dashboard + "/#/jobs")
+            prompt = page.get_by_role("dialog")
+            prompt.get_by_label("Authentication Token").fill(cluster.env["RAY_AUTH_TOKEN"])
+            prompt.get_by_role("button", name="Submit").click()
+            expect(prompt).to_have_count(0)
+            yield page
+        finally:
+            browser.close()

@@ -20,11 +20,15 @@ pytestmark = pytest.mark.ray
 
 
 def finished_trials(tune_dir) -> dict[str, tuple[float, int]]:
-    """Trials whose last result says done: their learning rate and how many results they wrote."""
+    """Trials that ended (TERMINATED in Tune's latest saved experiment state, what `--resume`
+    reads): their learning rate and how many results they wrote."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"))
+    ended = {json.loads(trial)["trial_id"] for trial, _ in json.loads(states[-1].read_text())["trial_data"]
+             if json.loads(trial)["status"] == "TERMINATED"} if states else set()
     finished = {}
     for path in tune_dir.glob("run_trial_*/result.json"):
         lines = path.read_text().splitlines()
-        if lines and json.loads(lines[-1]).get("done"):
+        if lines and json.loads(lines[-1])["trial_id"] in ended:
             finished[path.parent.name] = (json.loads(lines[-1])["config"]["train.lr"], len(lines))
     return finished
 

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.fault]
 
 def test_a_killed_worker_is_replaced_and_the_run_finishes(tmp_path):
     env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-    storage = tmp_path / "killed" / "ray" / "train"
+    storage = tmp_path / "killed" / "ray" / "killed"
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         driver = subprocess.Popen([sys.executable, "-m", "ryot_ray", "train", "--config", "configs/smoke.yaml",
                                    "--set", "train.epochs=4", "--set", "data.train_per_level=1000",
@@ -44,7 +44,7 @@ def test_a_damaged_checkpoint_is_named_and_never_replaced_by_fresh_weights(tmp_p
     done = ryot_ray("train", "--config", "configs/smoke.yaml", "--set", "train.epochs=1",
                     "--results-dir", str(tmp_path), "--name", "damaged")
     assert done.returncode == 0, done.stderr[-3000:]
-    (latest,) = (tmp_path / "damaged" / "ray" / "train").glob("checkpoint_2*")
+    (latest,) = (tmp_path / "damaged" / "ray" / "damaged").glob("checkpoint_2*")
     weights = latest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     resumed = ryot_ray("train", "--resume", "damaged", "--set", "train.epochs=2", "--set", "train.max_failures=0",

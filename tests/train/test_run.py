@@ -64,3 +64,14 @@ def test_info_lists_the_cluster(capsys, ray_cluster):
     assert main(["info"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["ray_cluster"]["total"]["CPU"] == 2.0 and facts["ray_cluster"]["nodes"] == 1
+
+
+def test_the_run_is_in_ray_train_s_state_by_the_experiment_s_name(first_run):
+    """What the dashboard's Train API (`/api/train/v2/runs/v1`) reads: Train's state actor."""
+    import ray
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
+    runs = [run for run in ray.get(get_state_actor().get_train_runs.remote()).values() if run.name == "first"]
+    assert len(runs) == 1 and runs[0].status == "FINISHED"
+    (attempt,) = ray.get(get_state_actor().get_train_run_attempts.remote())[runs[0].id].values()
+    assert len(attempt.workers) == 2

@@ -5,7 +5,7 @@ import pytest
 from ray.tune import Result
 
 from ryot_ray.tune.space import load_space
-from ryot_ray.tune.summary import overhead, pareto_front, trial_record
+from ryot_ray.tune.summary import interrupted, overhead, pareto_front, trial_record
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -105,3 +105,11 @@ def test_trials_that_measured_the_torch_fallback_are_named_in_the_summary_and_it
     table = trials_markdown(summary | {"validation": validation}, None)
     assert "native avx512_vnni, torch-int8, on 1 thread(s); the validation above on 2." in table
     assert "**Warning: some trials measured their speed with the torch-int8 kernel path" in table
+
+
+def test_a_search_was_interrupted_only_if_a_trial_neither_ended_nor_failed():
+    assert not interrupted([result(2)], max_t=2)  # all its epochs: a restored search's finished trial has no `done`
+    assert interrupted([result(2), result(1)], max_t=2)  # stopped mid-trial by Ctrl-C
+    stopped, diverged, failed = result(1), result(1), result(1, error=RuntimeError("worker died"))
+    stopped.metrics["done"], diverged.metrics["status"] = True, "diverged"  # ASHA stopped it; its loss diverged
+    assert not interrupted([stopped, diverged, failed], max_t=2)

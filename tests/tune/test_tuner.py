@@ -71,6 +71,7 @@ def test_scheduler_and_search_follow_the_space():
     space = load_space(REPO / "search_spaces/smoke.yaml")
     asha = _scheduler(space)
     assert isinstance(asha, ASHAScheduler) and asha._max_t == 2
+    assert not asha._stop_last_trials  # a trial at max_t ends by itself: its Train run FINISHED
     space.scheduler.name, space.search = "fifo", "optuna"
     space.knobs = [k for k in space.knobs if k.kind != "grid"]
     assert isinstance(_scheduler(space), FIFOScheduler)
