@@ -15,15 +15,15 @@ from ryot_ray.model.compression import stored_bits
 @torch.no_grad()
 def activation_compression(model: nn.Module, batch: dict) -> dict:
     """Per BitLinear and overall: fp32 bits / bits kept for backward (compression
-    ratio) and the relative L2 error of the rebuilt activations against the layer's
-    normalized input."""
+    ratio) and the relative L2 error of the normalized input the backward rebuilds
+    against the layer's own."""
     sums: dict[str, list[float]] = {}  # name: [fp32 bits, stored bits, error^2, norm^2]
 
     def capture(name: str):
         def hook(layer: BitLinear, args: tuple, output: torch.Tensor) -> None:
             x, codes, scale = layer.quantize_input(args[0])
-            saved = layer.saver.pack(codes, scale)
-            rebuilt = layer.saver.unpack(saved, x.shape[-1])
+            saved = layer.saver.pack(x, codes, scale)
+            _, rebuilt = layer.saver.unpack(saved, x.shape[-1])
             totals = sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])
             for index, value in enumerate((32 * x.numel(), stored_bits(saved),
                                            (rebuilt - x).square().sum().item(), x.square().sum().item())):

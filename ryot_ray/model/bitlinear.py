@@ -3,8 +3,13 @@
 Weights are quantized per tensor to {-1, 0, +1} times their absolute mean; activations
 per token to int8 by their absolute maximum, after an RMSNorm inside the layer (SubLN).
 The straight-through estimator lets gradients pass the rounding unchanged, so the
-latent fp32 weights keep learning. What the layer keeps for backward is the
-`activation_compression` knob (see `compression.py`), picked when the layer is built.
+latent fp32 weights keep learning. The layer runs as one autograd function
+(`compression.FusedBitLinear`: integer forward, straight-through backward); what it
+keeps for backward is the `activation_compression` knob, picked when the layer is built.
+
+The weight's ternary codes are made once per change of the weight, not per forward: they
+are cached with the weight's version counter, which every in-place update (an optimizer
+step, a load) advances; micro-batches of one accumulated step share them.
 
 A BitLinear can run on a prefix of its weight (the first `rows` outputs, and as many
 inputs as `x` has): the nested widths of a Matryoshka FFN share one weight that way.
@@ -16,17 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ryot_ray.model.compression import QUANTIZED_LINEARS, SAVERS
+from ryot_ray.model.compression import BACKWARD_DTYPE, SAVERS, FusedBitLinear
 from ryot_ray.model.quantize import int8_activations, ternarize
 
 
 class BitLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, eps: float = 1e-6,
-                 activation_compression: str = "none"):
+                 activation_compression: str = "none", backward_dtype: torch.dtype = BACKWARD_DTYPE):
         super().__init__(in_features, out_features, bias=bias)
         self.norm = nn.RMSNorm(in_features, eps=eps)
         self.saver = SAVERS[activation_compression]
-        self.quantized_linear = QUANTIZED_LINEARS[activation_compression]
+        self.backward_dtype = backward_dtype
+        self.quantized_linear = FusedBitLinear.apply  # `compression.plain_autograd` is the reference
+        self._ternary: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activation_compression: str = "none") -> BitLinear:
@@ -43,12 +50,20 @@ class BitLinear(nn.Linear):
         x = F.rms_norm(x, (cols,), self.norm.weight[:cols], self.norm.eps)
         return x, *int8_activations(x.detach())
 
+    def ternary_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight's int8 ternary codes and scale, made again only when the weight changed."""
+        key = (self.weight._version, self.weight.data_ptr())
+        if self._ternary is None or self._ternary[0] != key:
+            codes, scale = ternarize(self.weight.detach())
+            self._ternary = key, codes.to(torch.int8), scale
+        return self._ternary[1:]
+
     def forward(self, x: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         cols = x.shape[-1]
-        codes, scale = ternarize(self.weight.detach())
+        codes, scale = self.ternary_weight()
         bias = None if self.bias is None else self.bias[:rows]
         return self.quantized_linear(x, self.norm.weight[:cols], self.norm.eps, self.weight[:rows, :cols],
-                                     codes[:rows, :cols], scale, bias, self.saver)
+                                     codes[:rows, :cols], scale, bias, self.saver, self.backward_dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, saved activations: {self.saver.name}"

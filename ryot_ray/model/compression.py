@@ -1,16 +1,21 @@
-"""What a BitLinear keeps of its activations for the backward pass.
+"""The BitLinear training step as one autograd function, and what it keeps for backward.
 
-Plain autograd (`none`) keeps fp32 copies: the SubLN's input, the normalized and the
-rounded activations. The compressed modes run the SubLN, the int8 rounding and the
-matmul as one autograd function that keeps a `Saver`'s form of the rounded
-activations, one scale per token, and the int8 ternary weight codes:
-- `int8`: the activation codes themselves, a quarter of the bits. The weight gradient is
-  exact (it multiplies the very activations the forward pass used); the SubLN's
-  backward rebuilds its normalized input from them (activations / norm weight), which
-  is off by the int8 rounding.
+Forward: the SubLN, the int8 rounding of the activations and the product with the
+ternary weight codes, summed exactly in int32 (`torch._int_mm`) and scaled once; the
+same values as the fake-quantized reference (`plain_autograd`, float products of
+rounded values), up to float rounding. Backward: the straight-through estimator, its two
+products in bf16 where the CPU multiplies bf16 natively (AMX, AVX512_BF16) and in fp32
+elsewhere (`BACKWARD_DTYPE`); `bench compression` reports the gradient error of each
+mode against `plain_autograd`.
+
+What the function keeps of the activations is the `activation_compression` knob, a
+`Saver` picked when the layer is built:
+- `none`: the normalized input in fp32; the backward is the reference's.
+- `int8`: the activation codes, a quarter of the bits. The weight gradient multiplies the
+  very activations the forward used; the SubLN's backward rebuilds its normalized input
+  from them (activations / norm weight), off by the int8 rounding.
 - `binary`: sign bits and one scale per token (the mean magnitude), 1/32 of the bits;
-  lossy everywhere the activations are used. `ryot-ray bench compression` measures the
-  gradient error of both.
+  lossy everywhere the activations are used.
 """
 
 from __future__ import annotations
@@ -22,43 +27,49 @@ from ryot_ray.model.quantize import int8_activations, straight_through
 
 SIGN_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 NORM_WEIGHT_FLOOR = 1e-6  # below it a normalized input cannot be rebuilt: taken as 0
+# bf16 GEMMs run several times faster than fp32 where the CPU has bf16 units (oneDNN's check)
+BACKWARD_DTYPE = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
 class Fp32Saver:
-    """What autograd would keep: the rounded activations as fp32."""
+    """What autograd would keep: the normalized input in fp32."""
 
     name = "none"
 
-    def pack(self, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (codes / scale,)
+    def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (normed,)
 
-    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> torch.Tensor:
-        return saved[0]
+    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the rounded activations the forward used, the normalized input)."""
+        codes, scale = int8_activations(saved[0])
+        return codes / scale, saved[0]
 
 
 class Int8Saver:
     name = "int8"
 
-    def pack(self, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return codes.to(torch.int8), scale
 
-    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> torch.Tensor:
+    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         codes, scale = saved
-        return codes.float() / scale
+        activations = codes.float() / scale
+        return activations, activations
 
 
 class BinarySaver:
     name = "binary"
 
-    def pack(self, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         signs = F.pad(codes >= 0, (0, -codes.shape[-1] % 8)).unflatten(-1, (-1, 8))
         bits = (signs.to(torch.uint8) * SIGN_BITS).sum(-1, dtype=torch.uint8)
         return bits, codes.abs().mean(-1, keepdim=True) / scale
 
-    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> torch.Tensor:
+    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         bits, magnitude = saved
         signs = (bits.unsqueeze(-1) & SIGN_BITS).ne(0).flatten(-2)[..., :width]
-        return torch.where(signs, magnitude, -magnitude)
+        activations = torch.where(signs, magnitude, -magnitude)
+        return activations, activations
 
 
 SAVERS = {saver.name: saver for saver in (Fp32Saver(), Int8Saver(), BinarySaver())}
@@ -68,48 +79,60 @@ def stored_bits(saved: tuple[torch.Tensor, ...]) -> int:
     return sum(t.numel() * t.element_size() * 8 for t in saved)
 
 
-def plain_autograd(x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver):
-    """The reference BitLinear computation; autograd keeps what it keeps."""
+def plain_autograd(x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver, backward_dtype):
+    """The reference BitLinear computation (fake quantization in fp32); autograd keeps
+    what it keeps. `saver` and `backward_dtype` are the fused layer's, unused here."""
     x = F.rms_norm(x, (x.shape[-1],), norm_weight, eps)
     codes, scale = int8_activations(x.detach())
     x = straight_through(x, codes / scale)
-    return F.linear(x, straight_through(weight, weight_codes * weight_scale), bias)
+    return F.linear(x, straight_through(weight, weight_codes.float() * weight_scale), bias)
 
 
-class CompressedBitLinear(torch.autograd.Function):
-    """SubLN, int8 rounding and ternary matmul; the same forward as `plain_autograd`."""
+def integer_linear(codes: torch.Tensor, scale: torch.Tensor, weight_codes: torch.Tensor,
+                   weight_scale: torch.Tensor) -> torch.Tensor:
+    """int8 activation codes (one scale per token) times int8 ternary weight codes, summed
+    exactly in int32, then scaled: x ≈ codes / scale, W ≈ weight_codes · weight_scale."""
+    sums = torch._int_mm(codes.reshape(-1, codes.shape[-1]).to(torch.int8), weight_codes.t())
+    return torch.mul(sums.reshape(*codes.shape[:-1], -1), weight_scale / scale)
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (a.to(dtype) @ b.to(dtype)).float()
+
+
+class FusedBitLinear(torch.autograd.Function):
+    """SubLN, int8 rounding and the integer product forward; the straight-through backward.
+    Written for few passes over the activations: the elementwise work, not the products,
+    is most of a small model's step."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver):
-        normed = F.rms_norm(x, (x.shape[-1],), norm_weight, eps)
-        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    def forward(ctx, x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver, backward_dtype):
+        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        normed = x * rstd * norm_weight  # F.rms_norm, with the rstd the backward needs
         codes, scale = int8_activations(normed)
-        saved = saver.pack(codes, scale)
-        ctx.saver, ctx.count, ctx.has_bias = saver, len(saved), bias is not None
-        ctx.save_for_backward(*saved, rstd, norm_weight, weight_codes.to(torch.int8), weight_scale)
-        return F.linear(codes / scale, weight_codes * weight_scale, bias)
+        saved = saver.pack(normed, codes, scale)
+        ctx.saver, ctx.count, ctx.has_bias, ctx.dtype = saver, len(saved), bias is not None, backward_dtype
+        ctx.save_for_backward(*saved, rstd, norm_weight, weight_codes, weight_scale)
+        out = integer_linear(codes, scale, weight_codes, weight_scale)
+        return out if bias is None else out.add_(bias)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
         *saved, rstd, norm_weight, weight_codes, weight_scale = ctx.saved_tensors
         width = norm_weight.shape[0]
-        activations = ctx.saver.unpack(tuple(saved[: ctx.count]), width)
+        activations, normalized = ctx.saver.unpack(tuple(saved[: ctx.count]), width)
         rows = grad.reshape(-1, grad.shape[-1])
-        grad_weight = rows.t() @ activations.reshape(-1, width)  # straight through to the latent weight
+        # straight through the rounding of the weight, to the latent weight
+        grad_weight = _product(rows.t(), activations.reshape(-1, width), ctx.dtype)
         grad_bias = rows.sum(0) if ctx.has_bias else None
-        grad_normed = grad @ (weight_codes.float() * weight_scale)  # straight through the rounding
+        # straight through the rounding of the activations: grad_normed = codes_grad · weight_scale
+        codes_grad = _product(grad, weight_codes, ctx.dtype)
         usable = norm_weight.abs() > NORM_WEIGHT_FLOOR
-        unit = torch.where(usable, activations / torch.where(usable, norm_weight, 1.0), 0.0)
-        grad_norm_weight = (grad_normed * unit).reshape(-1, width).sum(0)
-        grad_unit = grad_normed * norm_weight
-        grad_x = rstd * (grad_unit - unit * (grad_unit * unit).mean(-1, keepdim=True))
-        return grad_x, grad_norm_weight, None, grad_weight, None, None, grad_bias, None
-
-
-QUANTIZED_LINEARS = {
-    "none": plain_autograd,
-    "int8": CompressedBitLinear.apply,
-    "binary": CompressedBitLinear.apply,
-}
+        inverse = torch.where(usable, 1.0 / torch.where(usable, norm_weight, 1.0), 0.0)
+        unit = normalized * inverse  # the input times rstd, rebuilt
+        grad_norm_weight = (codes_grad * unit).reshape(-1, width).sum(0).mul_(weight_scale)
+        grad_unit = codes_grad.mul_(norm_weight * weight_scale)
+        grad_x = grad_unit.sub_(unit * (grad_unit * unit).mean(-1, keepdim=True)).mul_(rstd)
+        return grad_x, grad_norm_weight, None, grad_weight, None, None, grad_bias, None, None

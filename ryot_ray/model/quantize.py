@@ -16,7 +16,7 @@ def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def int8_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Int8 codes in [-128, 127] and per-token scales: x ≈ codes / scale."""
     scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
-    return (x * scale).round().clamp(-128, 127), scale
+    return (x * scale).round_().clamp_(-128, 127), scale
 
 
 def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:

@@ -68,3 +68,20 @@ def test_prefix_uses_the_first_rows_and_inputs_of_one_ternary_weight():
         w_codes, w_scale = ternarize(layer.weight)  # the scale of the whole weight
         expected = (x_codes @ w_codes[:5, :10].T) * w_scale / x_scale
         assert torch.allclose(layer(x, rows=5), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_ternary_weight_is_made_again_only_after_the_weight_changed():
+    torch.manual_seed(0)
+    layer = BitLinear(16, 8)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    first = layer.ternary_weight()[0]
+    for _ in range(2):  # two micro-batches of one step share the codes
+        layer(torch.randn(4, 16)).square().sum().backward()
+        assert layer.ternary_weight()[0] is first
+    optimizer.step()
+    codes, scale = layer.ternary_weight()
+    assert codes is not first and codes.dtype == torch.int8
+    want_codes, want_scale = ternarize(layer.weight.detach())
+    assert torch.equal(codes, want_codes.to(torch.int8)) and scale == want_scale
+    layer.load_state_dict({name: torch.zeros_like(value) for name, value in layer.state_dict().items()})
+    assert not layer.ternary_weight()[0].any()
