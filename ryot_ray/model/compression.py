@@ -63,7 +63,7 @@ class BinarySaver:
     def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         signs = F.pad(codes >= 0, (0, -codes.shape[-1] % 8)).unflatten(-1, (-1, 8))
         bits = (signs.to(torch.uint8) * SIGN_BITS).sum(-1, dtype=torch.uint8)
-        return bits, codes.abs().mean(-1, keepdim=True) / scale
+        return bits, codes.abs().mean(-1, keepdim=True, dtype=torch.float32) / scale
 
     def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         bits, magnitude = saved
@@ -111,6 +111,7 @@ class FusedBitLinear(torch.autograd.Function):
         rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
         normed = x * rstd * norm_weight  # F.rms_norm, with the rstd the backward needs
         codes, scale = int8_activations(normed)
+        codes = codes.to(torch.int8)  # once, for the product and the int8 saver
         saved = saver.pack(normed, codes, scale)
         ctx.saver, ctx.count, ctx.has_bias, ctx.dtype = saver, len(saved), bias is not None, backward_dtype
         ctx.save_for_backward(*saved, rstd, norm_weight, weight_codes, weight_scale)

@@ -82,6 +82,7 @@ def write_grafana_dashboard(directory: Path, session_dir: Path | None) -> list[P
     folders = [directory]
     if session_dir and (session_dir / RAY_GRAFANA_DASHBOARDS).is_dir():  # not from a driver off the head node
         folders.append(session_dir / RAY_GRAFANA_DASHBOARDS)
+    dashboard = grafana_dashboard()
     for folder in folders:
-        write_json_atomic(folder / GRAFANA_FILE, grafana_dashboard())
+        write_json_atomic(folder / GRAFANA_FILE, dashboard)
     return [folder / GRAFANA_FILE for folder in folders]
