@@ -22,8 +22,8 @@ def activation_compression(model: nn.Module, batch: dict) -> dict:
     def capture(name: str):
         def hook(layer: BitLinear, args: tuple, output: torch.Tensor) -> None:
             x, codes, scale = layer.quantize_input(args[0])
-            saved = layer.saver.pack(x, codes, scale)
-            _, rebuilt = layer.saver.unpack(saved, x.shape[-1])
+            saved = layer.saver.pack(x, codes.to(torch.int8), scale)
+            _, rebuilt = layer.saver.unpack(saved, x.shape[-1], layer.steps, torch.float32)
             totals = sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])
             for index, value in enumerate((32 * x.numel(), stored_bits(saved),
                                            (rebuilt - x).square().sum().item(), x.square().sum().item())):

@@ -5,7 +5,8 @@ per token to int8 by their absolute maximum, after an RMSNorm inside the layer (
 The straight-through estimator lets gradients pass the rounding unchanged, so the
 latent fp32 weights keep learning. The layer runs as one autograd function
 (`compression.FusedBitLinear`: integer forward, straight-through backward); what it
-keeps for backward is the `activation_compression` knob, picked when the layer is built.
+keeps for backward is the `activation_compression` knob, picked when the layer is built,
+as are its elementwise steps (native where the library was built).
 
 The weight's ternary codes are made once per change of the weight, not per forward: they
 are cached with the weight's version counter, which every in-place update (an optimizer
@@ -21,17 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ryot_ray.model.compression import BACKWARD_DTYPE, SAVERS, FusedBitLinear
+from ryot_ray.model.compression import BACKWARD_DTYPE, DEFAULT_STEPS, SAVERS, FusedBitLinear, Steps
 from ryot_ray.model.quantize import int8_activations, ternarize
 
 
 class BitLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, eps: float = 1e-6,
-                 activation_compression: str = "none", backward_dtype: torch.dtype = BACKWARD_DTYPE):
+                 activation_compression: str = "none", backward_dtype: torch.dtype = BACKWARD_DTYPE,
+                 steps: Steps = DEFAULT_STEPS):
         super().__init__(in_features, out_features, bias=bias)
         self.norm = nn.RMSNorm(in_features, eps=eps)
         self.saver = SAVERS[activation_compression]
         self.backward_dtype = backward_dtype
+        self.steps = steps
         self.quantized_linear = FusedBitLinear.apply  # `compression.plain_autograd` is the reference
         self._ternary: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None
 
@@ -63,7 +66,7 @@ class BitLinear(nn.Linear):
         codes, scale = self.ternary_weight()
         bias = None if self.bias is None else self.bias[:rows]
         return self.quantized_linear(x, self.norm.weight[:cols], self.norm.eps, self.weight[:rows, :cols],
-                                     codes[:rows, :cols], scale, bias, self.saver, self.backward_dtype)
+                                     codes[:rows, :cols], scale, bias, self.saver, self.backward_dtype, self.steps)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, saved activations: {self.saver.name}"
+        return f"{super().extra_repr()}, saved activations: {self.saver.name}, {self.steps.name} steps"

@@ -8,6 +8,11 @@ products in bf16 where the CPU multiplies bf16 natively (AMX, AVX512_BF16) and i
 elsewhere (`BACKWARD_DTYPE`); `bench compression` reports the gradient error of each
 mode against `plain_autograd`.
 
+The elementwise work around the products (RMSNorm, rounding, scaling, the SubLN's
+backward) is most of a small model's step; `Steps` does it, in the native library's
+one-pass row kernels where it was built (`NATIVE_STEPS`) and in torch operations
+otherwise (`TORCH_STEPS`, also the reference the native steps are tested against).
+
 What the function keeps of the activations is the `activation_compression` knob, a
 `Saver` picked when the layer is built:
 - `none`: the normalized input in fp32; the backward is the reference's.
@@ -20,9 +25,14 @@ What the function keeps of the activations is the `activation_compression` knob,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from ryot_ray.kernels import training as native
+from ryot_ray.kernels.native import kernels
 from ryot_ray.model.quantize import int8_activations, straight_through
 
 SIGN_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
@@ -31,45 +41,94 @@ NORM_WEIGHT_FLOOR = 1e-6  # below it a normalized input cannot be rebuilt: taken
 BACKWARD_DTYPE = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
+def _norm_quantize(x, norm_weight, eps, keep_normed):
+    rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    normed = x * rstd * norm_weight  # F.rms_norm, with the rstd the backward needs
+    codes, scale = int8_activations(normed)
+    return normed if keep_normed else None, codes.to(torch.int8), scale, rstd
+
+
+def _scale_sums(sums, scale, weight_scale, bias):
+    out = torch.mul(sums, weight_scale / scale.reshape(-1, 1))
+    return out if bias is None else out.add_(bias)
+
+
+def _requantize(normed, dtype):
+    codes, scale = int8_activations(normed)
+    return (codes / scale).to(dtype)
+
+
+def _subln_backward(grad, normalized, rstd, inverse, scaled):
+    grad = grad.float()
+    unit = normalized * inverse  # the input times rstd, rebuilt
+    sums = (grad * unit).reshape(-1, unit.shape[-1]).sum(0)
+    grad_unit = grad * scaled
+    return grad_unit.sub_(unit * (grad_unit * unit).mean(-1, keepdim=True)).mul_(rstd), sums
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The elementwise steps around the products (see `kernels/training.py` for each one's
+    contract)."""
+
+    name: str
+    norm_quantize: Callable
+    scale_sums: Callable
+    requantize: Callable
+    dequantize: Callable
+    subln_backward: Callable
+
+
+TORCH_STEPS = Steps("torch", _norm_quantize, _scale_sums, _requantize,
+                    lambda codes, scale, dtype: (codes.float() / scale).to(dtype), _subln_backward)
+NATIVE_STEPS = Steps("native", native.norm_quantize, native.scale_sums, native.requantize, native.dequantize,
+                     native.subln_backward)
+DEFAULT_STEPS = NATIVE_STEPS if kernels()[0] is not None else TORCH_STEPS
+
+
 class Fp32Saver:
     """What autograd would keep: the normalized input in fp32."""
 
     name = "none"
+    keeps_normed = True  # pack needs the normalized input
 
     def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (normed,)
 
-    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the rounded activations the forward used, the normalized input)."""
-        codes, scale = int8_activations(saved[0])
-        return codes / scale, saved[0]
+    def unpack(self, saved: tuple[torch.Tensor, ...], width: int, steps: Steps,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the rounded activations the forward used, in `dtype`; the normalized input)."""
+        return steps.requantize(saved[0], dtype), saved[0]
 
 
 class Int8Saver:
     name = "int8"
+    keeps_normed = False
 
-    def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return codes.to(torch.int8), scale
+    def pack(self, normed: torch.Tensor | None, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return codes, scale
 
-    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        codes, scale = saved
-        activations = codes.float() / scale
-        return activations, activations
+    def unpack(self, saved: tuple[torch.Tensor, ...], width: int, steps: Steps,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        normalized = steps.dequantize(*saved, torch.float32)
+        return normalized if dtype == torch.float32 else steps.dequantize(*saved, dtype), normalized
 
 
 class BinarySaver:
     name = "binary"
+    keeps_normed = False
 
-    def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def pack(self, normed: torch.Tensor | None, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         signs = F.pad(codes >= 0, (0, -codes.shape[-1] % 8)).unflatten(-1, (-1, 8))
         bits = (signs.to(torch.uint8) * SIGN_BITS).sum(-1, dtype=torch.uint8)
         return bits, codes.abs().mean(-1, keepdim=True, dtype=torch.float32) / scale
 
-    def unpack(self, saved: tuple[torch.Tensor, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def unpack(self, saved: tuple[torch.Tensor, ...], width: int, steps: Steps,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         bits, magnitude = saved
         signs = (bits.unsqueeze(-1) & SIGN_BITS).ne(0).flatten(-2)[..., :width]
         activations = torch.where(signs, magnitude, -magnitude)
-        return activations, activations
+        return activations.to(dtype), activations
 
 
 SAVERS = {saver.name: saver for saver in (Fp32Saver(), Int8Saver(), BinarySaver())}
@@ -79,25 +138,21 @@ def stored_bits(saved: tuple[torch.Tensor, ...]) -> int:
     return sum(t.numel() * t.element_size() * 8 for t in saved)
 
 
-def plain_autograd(x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver, backward_dtype):
+def plain_autograd(x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver, backward_dtype, steps):
     """The reference BitLinear computation (fake quantization in fp32); autograd keeps
-    what it keeps. `saver` and `backward_dtype` are the fused layer's, unused here."""
+    what it keeps. `saver`, `backward_dtype` and `steps` are the fused layer's, unused here."""
     x = F.rms_norm(x, (x.shape[-1],), norm_weight, eps)
     codes, scale = int8_activations(x.detach())
     x = straight_through(x, codes / scale)
     return F.linear(x, straight_through(weight, weight_codes.float() * weight_scale), bias)
 
 
-def integer_linear(codes: torch.Tensor, scale: torch.Tensor, weight_codes: torch.Tensor,
-                   weight_scale: torch.Tensor) -> torch.Tensor:
+def integer_linear(codes: torch.Tensor, scale: torch.Tensor, weight_codes: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: torch.Tensor | None, steps: Steps) -> torch.Tensor:
     """int8 activation codes (one scale per token) times int8 ternary weight codes, summed
     exactly in int32, then scaled: x ≈ codes / scale, W ≈ weight_codes · weight_scale."""
-    sums = torch._int_mm(codes.reshape(-1, codes.shape[-1]).to(torch.int8), weight_codes.t())
-    return torch.mul(sums.reshape(*codes.shape[:-1], -1), weight_scale / scale)
-
-
-def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (a.to(dtype) @ b.to(dtype)).float()
+    sums = torch._int_mm(codes.reshape(-1, codes.shape[-1]), weight_codes.t())
+    return steps.scale_sums(sums, scale, weight_scale, bias).reshape(*codes.shape[:-1], -1)
 
 
 class FusedBitLinear(torch.autograd.Function):
@@ -107,33 +162,26 @@ class FusedBitLinear(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver, backward_dtype):
-        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
-        normed = x * rstd * norm_weight  # F.rms_norm, with the rstd the backward needs
-        codes, scale = int8_activations(normed)
-        codes = codes.to(torch.int8)  # once, for the product and the int8 saver
+    def forward(ctx, x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver, backward_dtype, steps):
+        normed, codes, scale, rstd = steps.norm_quantize(x, norm_weight, eps, saver.keeps_normed)
         saved = saver.pack(normed, codes, scale)
-        ctx.saver, ctx.count, ctx.has_bias, ctx.dtype = saver, len(saved), bias is not None, backward_dtype
+        ctx.saver, ctx.count, ctx.has_bias, ctx.dtype, ctx.steps = saver, len(saved), bias is not None, backward_dtype, steps
         ctx.save_for_backward(*saved, rstd, norm_weight, weight_codes, weight_scale)
-        out = integer_linear(codes, scale, weight_codes, weight_scale)
-        return out if bias is None else out.add_(bias)
+        return integer_linear(codes, scale, weight_codes, weight_scale, bias, steps)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
         *saved, rstd, norm_weight, weight_codes, weight_scale = ctx.saved_tensors
         width = norm_weight.shape[0]
-        activations, normalized = ctx.saver.unpack(tuple(saved[: ctx.count]), width)
-        rows = grad.reshape(-1, grad.shape[-1])
+        activations, normalized = ctx.saver.unpack(tuple(saved[: ctx.count]), width, ctx.steps, ctx.dtype)
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+        grad = grad.to(ctx.dtype)
         # straight through the rounding of the weight, to the latent weight
-        grad_weight = _product(rows.t(), activations.reshape(-1, width), ctx.dtype)
-        grad_bias = rows.sum(0) if ctx.has_bias else None
+        grad_weight = (grad.reshape(-1, grad.shape[-1]).t() @ activations.reshape(-1, width)).float()
         # straight through the rounding of the activations: grad_normed = codes_grad · weight_scale
-        codes_grad = _product(grad, weight_codes, ctx.dtype)
+        codes_grad = grad @ weight_codes.to(ctx.dtype)
         usable = norm_weight.abs() > NORM_WEIGHT_FLOOR
         inverse = torch.where(usable, 1.0 / torch.where(usable, norm_weight, 1.0), 0.0)
-        unit = normalized * inverse  # the input times rstd, rebuilt
-        grad_norm_weight = (codes_grad * unit).reshape(-1, width).sum(0).mul_(weight_scale)
-        grad_unit = codes_grad.mul_(norm_weight * weight_scale)
-        grad_x = grad_unit.sub_(unit * (grad_unit * unit).mean(-1, keepdim=True)).mul_(rstd)
-        return grad_x, grad_norm_weight, None, grad_weight, None, None, grad_bias, None, None
+        grad_x, sums = ctx.steps.subln_backward(codes_grad, normalized, rstd, inverse, norm_weight * weight_scale)
+        return grad_x, sums.mul_(weight_scale), None, grad_weight, None, None, grad_bias, None, None, None
