@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ryot_ray.config import ConfigError, load_config
+from ryot_ray.config import MODEL_PRESETS, ConfigError, load_config
 
 
 def _ray_options(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     kernels.add_argument("--autotune", action="store_true",
                          help="sweep the tiles per shape instead, and cache the best for this CPU")
     decode = benches.add_parser("decode", help="whole-model decode: fp32 reference, transformers, ternary")
-    decode.add_argument("--size", choices=["tiny", "small", "1b"], default="small", help="model preset")
+    decode.add_argument("--size", choices=MODEL_PRESETS, default="small", help="model preset")
     decode.add_argument("--checkpoint", type=Path, help="a trained BitNet checkpoint for the ternary variants "
                         "(default: random weights of --size)")
     decode.add_argument("--prompt-tokens", type=int, default=32)
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     compression.add_argument("--config", type=Path, default=Path("configs/default.yaml"),
                              help="run config for the training-memory part")
     compression.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    compression.add_argument("--size", choices=["tiny", "small", "1b"], default="1b",
+    compression.add_argument("--size", choices=MODEL_PRESETS, default="1b",
                              help="model preset of the decode parts")
     tune_bench = benches.add_parser("tune", help="ASHA vs every trial to max_t, same space and seeds")
     tune_bench.add_argument("--space", type=Path, default=Path("search_spaces/smoke.yaml"))
@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
         parser_.add_argument("--results-dir", type=Path, default=Path("results"))
         if parser_ is not decode:
             parser_.add_argument("--threads", type=int, help="torch and kernel threads")
+    for parser_ in (train_bench, compression):
+        parser_.add_argument("--sequence", type=int, metavar="N",
+                             help="train on rows of N tokens packed from the examples "
+                                  "(default: the examples as they are, padded per batch)")
 
     validate = commands.add_parser(
         "validate", help="the optimized inference configuration against the reference, on a Ray actor")
@@ -394,6 +398,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise ConfigError("--rounds must be at least 1")
     if getattr(args, "calls", 1) < 1:
         raise ConfigError("--calls must be at least 1")
+    if getattr(args, "sequence", None) is not None and args.sequence < 2:
+        raise ConfigError("--sequence must be at least 2 (a row predicts its next tokens)")
     if args.what == "kernels" and not args.autotune:
         _check_kernel_tile(args.rows_per_tile, args.tokens_per_tile)
     if args.what == "train":
@@ -402,7 +408,8 @@ def _bench(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         if args.steps < 1:
             raise ConfigError("--steps must be at least 1")
-        result = bench_train(config, rounds=args.rounds, steps=args.steps, threads=args.threads)
+        result = bench_train(config, rounds=args.rounds, steps=args.steps, threads=args.threads,
+                             sequence=args.sequence)
     elif args.what == "decode":
         from ryot_ray.bench.decode import bench_decode, table
 
@@ -421,7 +428,7 @@ def _bench(args: argparse.Namespace) -> int:
         from ryot_ray.bench.compression import bench_compression, table
 
         result = bench_compression(load_config(args.config, args.overrides), args.size, rounds=args.rounds,
-                                   threads=args.threads)
+                                   threads=args.threads, sequence=args.sequence)
     elif args.autotune:
         from ryot_ray.bench.kernels import SHAPES
         from ryot_ray.kernels.autotune import autotune, cache_path, table

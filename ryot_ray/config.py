@@ -38,6 +38,7 @@ LOCAL_CORPUS_SUFFIXES = (".txt", ".json", ".jsonl")
 MAX_DIFFICULTY = 4
 MAX_MRL_DEPTH = 6
 ACTIVATION_COMPRESSION = ("none", "int8", "binary")
+MODEL_PRESETS = ("tiny", "small", "base", "1b")  # their shapes: ryot_ray.model.build.PRESETS
 
 
 @dataclass
@@ -68,7 +69,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = field(default="small", metadata=_choices("tiny", "small", "1b"))
+    preset: str = field(default="small", metadata=_choices(*MODEL_PRESETS))
     # bitnet: every decoder linear is a BitLinear (b1.58 QAT); none: the fp32 reference.
     quantization: str = field(default="bitnet", metadata=_choices("bitnet", "none"))
     # A Llama checkpoint to start from: a local directory, or a hub name for users online.
@@ -132,7 +133,7 @@ class InferenceConfig:
 class ValidateConfig:
     """Where the Phase 1 targets are judged: the model shape a user deploys."""
 
-    # a preset (tiny, small, 1b) or a local transformers config; null: no deployment section
+    # a preset (MODEL_PRESETS) or a local transformers config; null: no deployment section
     deploy_preset: str | None = "1b"
 
 

@@ -63,7 +63,7 @@ def test_corpus_section_builds_nested_dataclass(tmp_path):
 
 
 BAD_INPUTS = [
-    ("model:\n  preset: huge\n", "model.preset: 'huge' is not one of tiny, small, 1b"),
+    ("model:\n  preset: huge\n", "model.preset: 'huge' is not one of tiny, small, base, 1b"),
     ("train:\n  epochs: zero\n", "train.epochs: expected int, got 'zero'"),
     ("train:\n  epochs: 0\n", "train.epochs: 0 is below the minimum 1"),
     ("train:\n  epoch: 3\n", "unknown key train.epoch"),

@@ -20,12 +20,13 @@ import statistics
 
 import torch
 
+from ryot_ray.bench import sequence_text
 from ryot_ray.infer.speed import digit_prompt
 from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
 from ryot_ray.progress_bar import progress
 from ryot_ray.stats import spread
 from ryot_ray.config import Config, ModelConfig
-from ryot_ray.data.examples import collate, training_examples
+from ryot_ray.data.examples import sampled_batches
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.infer.engine import Engine, SamplingConfig
 from ryot_ray.infer.freeze import freeze
@@ -55,13 +56,6 @@ def _variant_config(config: Config, variant: str) -> Config:
     return config
 
 
-def _batches(config: Config, steps: int) -> list[dict]:
-    tokenizer = build_char_tokenizer()
-    examples = training_examples(config.data, tokenizer, config.seed)
-    rng = random.Random(config.seed)
-    return [collate(rng.sample(examples, config.train.batch_size), tokenizer.pad_token_id) for _ in range(steps)]
-
-
 class SavedTensors:
     """The bytes autograd holds for backward, at their peak (each storage counted once)."""
 
@@ -79,11 +73,13 @@ class SavedTensors:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
 
 
-def _train_steps(config_dict: dict, variant: str, steps: int, threads: int) -> tuple[float, float]:
-    """(peak RSS MB, peak saved-for-backward MB) of `steps` training steps, in this process."""
+def _train_steps(config_dict: dict, variant: str, steps: int, threads: int,
+                 sequence: int | None = None) -> tuple[float, float, bool]:
+    """(peak RSS MB, peak saved-for-backward MB, peak reset) of `steps` training steps, in
+    this process."""
     torch.set_num_threads(threads)
     config = _variant_config(Config.from_dict(config_dict), variant)
-    batches = _batches(config, steps + 1)
+    batches = sampled_batches(config, build_char_tokenizer(), steps + 1, sequence)
     torch.manual_seed(config.seed)
     model = build_model(config.model, build_char_tokenizer()).train()
     optimizer = build_optimizer(model, config)
@@ -103,11 +99,11 @@ def _train_steps(config_dict: dict, variant: str, steps: int, threads: int) -> t
     return peak_rss_mb(), saved.peak / 2**20, reset
 
 
-def gradient_errors(config: Config) -> dict[str, float]:
+def gradient_errors(config: Config, sequence: int | None = None) -> dict[str, float]:
     """Relative L2 error of all gradients of the fused BitLinear step (each saved-activation
     mode, the machine's backward precision) against the fake-quantized reference in plain
     autograd, on the same weights and batch."""
-    batch = _batches(config, 1)[0]
+    batch = sampled_batches(config, build_char_tokenizer(), 1, sequence)[0]
     gradients = {}
     for mode in ("reference", "none", "int8", "binary"):
         torch.manual_seed(config.seed)
@@ -124,15 +120,18 @@ def gradient_errors(config: Config) -> dict[str, float]:
 
 
 def training_memory(config: Config, rounds: int = 3, steps: int = 2, threads: int = 1,
-                    variants: tuple[str, ...] = MEMORY_VARIANTS) -> dict:
+                    variants: tuple[str, ...] = MEMORY_VARIANTS, sequence: int | None = None) -> dict:
+    """`sequence`: rows of that many tokens packed from the examples (None: the examples
+    as they are)."""
     if variants[0] != "reference":
         raise ValueError("the reference comes first: every variant is compared with it")
+    errors = gradient_errors(config, sequence)  # first: a bad sequence fails here, not in a child
     rss: dict[str, list[float]] = {name: [] for name in variants}
     saved: dict[str, list[float]] = {name: [] for name in variants}
     resets = []
     for round_ in progress(range(rounds), "training memory rounds"):
         for name in variants if round_ % 2 == 0 else variants[::-1]:
-            peak, held, reset = in_fresh_process(_train_steps, config.to_dict(), name, steps, threads,
+            peak, held, reset = in_fresh_process(_train_steps, config.to_dict(), name, steps, threads, sequence,
                                                  what=f"{name} training memory")
             rss[name].append(peak)
             saved[name].append(held)
@@ -141,6 +140,7 @@ def training_memory(config: Config, rounds: int = 3, steps: int = 2, threads: in
     return {
         "preset": config.model.preset,
         "batch_size": config.train.batch_size,
+        "sequence": sequence,
         "steps": steps,
         # where the kernel refuses the reset (no /proc/self/clear_refs), the peak includes
         # building the model and the first step
@@ -154,7 +154,7 @@ def training_memory(config: Config, rounds: int = 3, steps: int = 2, threads: in
             }
             for name in variants
         },
-        "gradient_error_vs_plain_autograd": gradient_errors(config),
+        "gradient_error_vs_plain_autograd": errors,
         "backward_dtype": str(BACKWARD_DTYPE).removeprefix("torch."),
     }
 
@@ -215,7 +215,8 @@ def matryoshka_decode(preset: str, rounds: int, prompt_tokens: int = 32, new_tok
     }
 
 
-def bench_compression(config: Config, preset: str = "1b", rounds: int = 3, threads: int | None = None) -> dict:
+def bench_compression(config: Config, preset: str = "1b", rounds: int = 3, threads: int | None = None,
+                      sequence: int | None = None) -> dict:
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     result = {
@@ -223,7 +224,7 @@ def bench_compression(config: Config, preset: str = "1b", rounds: int = 3, threa
         "threads": threads,
         "rounds": rounds,
         "kernel_path": vars(kernel_path()),
-        "training_memory": training_memory(config, rounds, threads=threads),
+        "training_memory": training_memory(config, rounds, threads=threads, sequence=sequence),
     }
     if native_isas():
         result["sparse_down_projection"] = sparse_down_projection(preset, rounds, threads)
@@ -235,7 +236,8 @@ def bench_compression(config: Config, preset: str = "1b", rounds: int = 3, threa
 
 def table(result: dict) -> str:
     memory = result["training_memory"]
-    lines = [f"training memory, preset {memory['preset']}, batch {memory['batch_size']}, {memory['steps']} steps "
+    lines = [f"training memory, preset {memory['preset']}, batch {memory['batch_size']}, "
+             f"{sequence_text(memory['sequence'])}, {memory['steps']} steps "
              f"in a fresh process per variant, {result['rounds']} rounds; peak RSS covers "
              f"{memory['peak_rss_covers']}",
              f"{'variant':<16}{'peak RSS MB':>12}{'vs ref':>8}{'saved for backward MB':>24}{'vs ref':>8}"]

@@ -7,15 +7,15 @@ in machine speed hits both. Speedup per round = reference time / BitNet time.
 
 from __future__ import annotations
 
-import random
 import time
 
 import torch
 
+from ryot_ray.bench import sequence_text
 from ryot_ray.progress_bar import progress
 from ryot_ray.stats import spread
 from ryot_ray.config import Config
-from ryot_ray.data.examples import collate, training_examples
+from ryot_ray.data.examples import sampled_batches
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.machine import machine_facts
 from ryot_ray.model.build import build_model
@@ -34,13 +34,14 @@ def _train_steps(model, optimizer, batches, bf16: bool) -> float:
     return time.perf_counter() - start
 
 
-def bench_train(config: Config, rounds: int = 5, steps: int = 5, threads: int | None = None) -> dict:
+def bench_train(config: Config, rounds: int = 5, steps: int = 5, threads: int | None = None,
+                sequence: int | None = None) -> dict:
+    """`sequence`: rows of that many tokens packed from the examples (None: the examples
+    as they are)."""
     threads = threads or config.train.cpus_per_worker
     torch.set_num_threads(threads)
     tokenizer = build_char_tokenizer()
-    examples = training_examples(config.data, tokenizer, config.seed)
-    rng = random.Random(config.seed)
-    batches = [collate(rng.sample(examples, config.train.batch_size), tokenizer.pad_token_id) for _ in range(steps)]
+    batches = sampled_batches(config, tokenizer, steps, sequence)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     runners = {}
     for kind in KINDS:
@@ -59,6 +60,7 @@ def bench_train(config: Config, rounds: int = 5, steps: int = 5, threads: int | 
         "preset": config.model.preset,
         "threads": threads,
         "batch_size": config.train.batch_size,
+        "sequence": sequence,
         "steps_per_round": steps,
         "tokens_per_round": tokens,
         "tokens_per_s": {
@@ -72,7 +74,8 @@ def bench_train(config: Config, rounds: int = 5, steps: int = 5, threads: int | 
 
 def table(result: dict) -> str:
     rows = [f"training throughput, preset {result['preset']}, {result['threads']} thread(s), "
-            f"batch {result['batch_size']} ({result['tokens_per_round']} tokens a round)",
+            f"batch {result['batch_size']}, {sequence_text(result['sequence'])} "
+            f"({result['tokens_per_round']} tokens a round)",
             f"{'model':<12}{'min':>12}{'median':>12}{'max':>12}  tokens/s"]
     for name, figures in result["tokens_per_s"].items():
         rows.append(f"{name:<12}{figures['min']:>12.0f}{figures['median']:>12.0f}{figures['max']:>12.0f}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ryot_ray.config import DataConfig
+from ryot_ray.config import Config, ConfigError, DataConfig
 from ryot_ray.data.corpus import load_texts, pack_blocks
 from ryot_ray.data.tasks import Problem, task_suite
 
@@ -57,3 +58,30 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(example.labels)
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def pack_examples(examples: list[Example], sequence: int) -> list[Example]:
+    """Consecutive examples joined end to end and cut into rows of exactly `sequence`
+    tokens (the tail short of a row is dropped), for measuring at a sequence length the
+    short task examples do not reach. Every token keeps its label, so prompts stay
+    unlearned; an example cut at a row's end goes on at the next row's start, and a row's
+    tokens attend to the earlier examples in it (as in corpus blocks)."""
+    input_ids = [token for example in examples for token in example.input_ids]
+    labels = [label for example in examples for label in example.labels]
+    return [Example(input_ids[start:start + sequence], labels[start:start + sequence])
+            for start in range(0, len(input_ids) - sequence + 1, sequence)]
+
+
+def sampled_batches(config: Config, tokenizer: PreTrainedTokenizerBase, steps: int,
+                    sequence: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """`steps` batches of `config.train.batch_size` rows drawn (seeded) from the training
+    examples, for the benchmarks: the examples as they are (padded to a batch's longest),
+    or with `sequence`, rows packed to exactly that many tokens."""
+    examples = training_examples(config.data, tokenizer, config.seed)
+    if sequence is not None:
+        examples = pack_examples(examples, sequence)
+        if len(examples) < config.train.batch_size:
+            raise ConfigError(f"sequence {sequence}: the training examples fill {len(examples)} rows, "
+                              f"fewer than a batch of {config.train.batch_size}")
+    rng = random.Random(config.seed)
+    return [collate(rng.sample(examples, config.train.batch_size), tokenizer.pad_token_id) for _ in range(steps)]

@@ -297,6 +297,27 @@ __attribute__((target("avx512f"))) static void silu_mul_avx512(const float *gate
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+/* The gradients of out = silu(gate) * up: grad_up = grad * silu(gate), grad_gate = grad * up
+ * * sig * (1 + gate * (1 - sig)) with sig = sigmoid(gate). */
+__attribute__((target("avx512f"))) static void silu_mul_backward_avx512(const float *grad, const float *gate,
+                                                                        const float *up, int64_t n, float *grad_gate,
+                                                                        float *grad_up) {
+    int64_t i = 0;
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate + i), d = _mm512_loadu_ps(grad + i);
+        const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        const __m512 slope = _mm512_mul_ps(sig, _mm512_fmadd_ps(g, _mm512_sub_ps(one, sig), one));
+        _mm512_storeu_ps(grad_up + i, _mm512_mul_ps(d, _mm512_mul_ps(g, sig)));
+        _mm512_storeu_ps(grad_gate + i, _mm512_mul_ps(_mm512_mul_ps(d, _mm512_loadu_ps(up + i)), slope));
+    }
+    for (; i < n; i++) {
+        const float sig = 1.0f / (1.0f + expf(-gate[i]));
+        grad_up[i] = grad[i] * (gate[i] * sig);
+        grad_gate[i] = grad[i] * up[i] * (sig * (1.0f + gate[i] * (1.0f - sig)));
+    }
+}
+
 __attribute__((target("avx512f"))) static float exp_sum_avx512(float *x, int64_t n, float top) {
     __m512 sum = _mm512_setzero_ps();
     const __m512 vtop = _mm512_set1_ps(top);
@@ -415,6 +436,18 @@ void ryot_silu_mul(const float *gate, const float *up, int64_t n, float *out, in
     if (wide(isa)) return silu_mul_avx512(gate, up, n, out);
 #endif
     for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+void ryot_silu_mul_backward(const float *grad, const float *gate, const float *up, int64_t n, float *grad_gate,
+                            float *grad_up, int isa) {
+#ifdef RYOT_X86
+    if (wide(isa)) return silu_mul_backward_avx512(grad, gate, up, n, grad_gate, grad_up);
+#endif
+    for (int64_t i = 0; i < n; i++) {
+        const float sig = 1.0f / (1.0f + expf(-gate[i]));
+        grad_up[i] = grad[i] * (gate[i] * sig);
+        grad_gate[i] = grad[i] * up[i] * (sig * (1.0f + gate[i] * (1.0f - sig)));
+    }
 }
 
 void ryot_softmax(float *x, int64_t n, int isa) {

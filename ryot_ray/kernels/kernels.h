@@ -83,6 +83,9 @@ void ryot_f32_rows(const float *x, int64_t m_rows, int64_t k, int64_t x_stride, 
 void ryot_rms_norm(const float *x, int64_t k, const float *weight, float eps, float *out, int isa);
 /* out[i] = silu(gate[i]) * up[i] */
 void ryot_silu_mul(const float *gate, const float *up, int64_t n, float *out, int isa);
+/* its gradients: grad_gate = grad * up * silu'(gate), grad_up = grad * silu(gate) */
+void ryot_silu_mul_backward(const float *grad, const float *gate, const float *up, int64_t n, float *grad_gate,
+                            float *grad_up, int isa);
 /* x = softmax(x) over n entries */
 void ryot_softmax(float *x, int64_t n, int isa);
 /* out[hd] = softmax(scale * q . key_j) . value_j over positions j < n: keys transposed

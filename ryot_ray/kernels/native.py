@@ -59,9 +59,13 @@ KERNEL_SIGNATURES = {
     "ryot_attend": (None, [P, P, I64, P, I64, I64, INT, F32, P, P, INT]),
     # the elementwise steps of BitLinear training (training.c)
     "ryot_train_norm_quantize": (None, [P, I64, I64, P, F32, INT, P, P, P, P]),
+    "ryot_train_rms_norm": (None, [P, I64, I64, P, F32, INT, P, P]),
     "ryot_train_scale_sums": (None, [P, I64, I64, P, F32, P, INT, P]),
     "ryot_train_requantize": (None, [P, I64, I64, INT, INT, P]),
+    "ryot_train_quantize": (None, [P, I64, I64, INT, P, P]),
     "ryot_train_dequantize": (None, [P, I64, I64, P, INT, INT, P]),
+    "ryot_train_silu_mul": (None, [P, P, I64, INT, P]),
+    "ryot_train_silu_mul_backward": (None, [P, P, P, I64, INT, P, P]),
     "ryot_train_subln_backward": (INT, [P, INT, P, I64, I64, P, P, P, INT, P, P]),
 }
 

@@ -107,16 +107,34 @@ static void norm_quantize_portable(const float *x, int64_t k, const float *weigh
     *rstd = r;
 }
 
+static void rms_norm_portable(const float *x, int64_t k, const float *weight, float eps, float *out, float *rstd) {
+    float squares = 0.0f;
+    for (int64_t i = 0; i < k; i++) squares += x[i] * x[i];
+    const float r = 1.0f / sqrtf(squares / (float)k + eps);
+    for (int64_t i = 0; i < k; i++) out[i] = x[i] * r * weight[i];
+    *rstd = r;
+}
+
 /* scale the int32 sums of one row, in place as fp32 */
 static void scale_row_portable(const int32_t *in, int64_t n, float f, const float *bias, float *out) {
     for (int64_t i = 0; i < n; i++) out[i] = (float)in[i] * f + (bias ? bias[i] : 0.0f);
 }
 
-static void requantize_portable(const float *row, int64_t k, int bf16, void *out) {
+static float row_scale_portable(const float *row, int64_t k) {
     float top = 0.0f;
     for (int64_t i = 0; i < k; i++) top = fmaxf(top, fabsf(row[i]));
-    const float s = int8_scale(top);
+    return int8_scale(top);
+}
+
+static void requantize_portable(const float *row, int64_t k, int bf16, void *out) {
+    const float s = row_scale_portable(row, k);
     for (int64_t i = 0; i < k; i++) store(out, bf16, i, quantized(row[i], s) / s);
+}
+
+static void quantize_portable(const float *row, int64_t k, int8_t *codes, float *scale) {
+    const float s = row_scale_portable(row, k);
+    for (int64_t i = 0; i < k; i++) codes[i] = (int8_t)quantized(row[i], s);
+    *scale = s;
 }
 
 static void dequantize_portable(const int8_t *row, int64_t k, float scale, int bf16, void *out) {
@@ -128,12 +146,13 @@ static void subln_row_portable(const void *grad, int bf16, const float *normaliz
                                const float *inverse, const float *scaled, float *grad_x, float *sums) {
     float dot = 0.0f;
     for (int64_t i = 0; i < k; i++) {
-        float g = load(grad, bf16, i), u = normalized[i] * inverse[i];
+        float g = load(grad, bf16, i), u = normalized[i] * (inverse ? inverse[i] : rstd);
         dot += g * scaled[i] * u;
         sums[i] += g * u;
     }
     const float mean = dot / (float)k;
-    for (int64_t i = 0; i < k; i++) grad_x[i] = (load(grad, bf16, i) * scaled[i] - normalized[i] * inverse[i] * mean) * rstd;
+    for (int64_t i = 0; i < k; i++)
+        grad_x[i] = (load(grad, bf16, i) * scaled[i] - normalized[i] * (inverse ? inverse[i] : rstd) * mean) * rstd;
 }
 
 #ifdef RYOT_X86
@@ -169,6 +188,21 @@ AVX512 static void norm_quantize_avx512(const float *x, int64_t k, const float *
     *rstd = r;
 }
 
+AVX512 static void rms_norm_avx512(const float *x, int64_t k, const float *weight, float eps, float *out,
+                                   float *rstd) {
+    const int64_t body = k - k % 16;
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < body; i += 16) sum = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(x + i), sum);
+    float squares = _mm512_reduce_add_ps(sum);
+    for (int64_t i = body; i < k; i++) squares += x[i] * x[i];
+    const float r = 1.0f / sqrtf(squares / (float)k + eps);
+    const __m512 vr = _mm512_set1_ps(r);
+    for (int64_t i = 0; i < body; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vr), _mm512_loadu_ps(weight + i)));
+    for (int64_t i = body; i < k; i++) out[i] = x[i] * r * weight[i];
+    *rstd = r;
+}
+
 AVX512 static void scale_row_avx512(const int32_t *in, int64_t n, float f, const float *bias, float *out) {
     const int64_t body = n - n % 16;
     const __m512 vf = _mm512_set1_ps(f);
@@ -179,16 +213,31 @@ AVX512 static void scale_row_avx512(const int32_t *in, int64_t n, float f, const
     scale_row_portable(in + body, n - body, f, bias ? bias + body : NULL, out + body);
 }
 
-AVX512 static void requantize_avx512(const float *row, int64_t k, int bf16, void *out) {
+AVX512 static float row_scale_avx512(const float *row, int64_t k) {
     const int64_t body = k - k % 16;
     __m512 most = _mm512_setzero_ps();
     for (int64_t i = 0; i < body; i += 16) most = _mm512_max_ps(most, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
     float top = _mm512_reduce_max_ps(most);
     for (int64_t i = body; i < k; i++) top = fmaxf(top, fabsf(row[i]));
-    const float s = int8_scale(top);
+    return int8_scale(top);
+}
+
+AVX512 static void requantize_avx512(const float *row, int64_t k, int bf16, void *out) {
+    const int64_t body = k - k % 16;
+    const float s = row_scale_avx512(row, k);
     const __m512 vs = _mm512_set1_ps(s);
     for (int64_t i = 0; i < body; i += 16) store16(out, bf16, i, _mm512_div_ps(quantized16(_mm512_loadu_ps(row + i), vs), vs));
     for (int64_t i = body; i < k; i++) store(out, bf16, i, quantized(row[i], s) / s);
+}
+
+AVX512 static void quantize_avx512(const float *row, int64_t k, int8_t *codes, float *scale) {
+    const int64_t body = k - k % 16;
+    const float s = row_scale_avx512(row, k);
+    const __m512 vs = _mm512_set1_ps(s);
+    for (int64_t i = 0; i < body; i += 16)
+        _mm_storeu_si128((__m128i *)(codes + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(quantized16(_mm512_loadu_ps(row + i), vs))));
+    for (int64_t i = body; i < k; i++) codes[i] = (int8_t)quantized(row[i], s);
+    *scale = s;
 }
 
 AVX512 static void dequantize_avx512(const int8_t *row, int64_t k, float scale, int bf16, void *out) {
@@ -203,26 +252,29 @@ AVX512 static void dequantize_avx512(const int8_t *row, int64_t k, float scale, 
 AVX512 static void subln_row_avx512(const void *grad, int bf16, const float *normalized, int64_t k, float rstd,
                                     const float *inverse, const float *scaled, float *grad_x, float *sums) {
     const int64_t body = k - k % 16;
+    const __m512 vr = _mm512_set1_ps(rstd);
     __m512 total = _mm512_setzero_ps();
     for (int64_t i = 0; i < body; i += 16) {
-        __m512 g = load16(grad, bf16, i), u = _mm512_mul_ps(_mm512_loadu_ps(normalized + i), _mm512_loadu_ps(inverse + i));
+        __m512 g = load16(grad, bf16, i);
+        __m512 u = _mm512_mul_ps(_mm512_loadu_ps(normalized + i), inverse ? _mm512_loadu_ps(inverse + i) : vr);
         total = _mm512_fmadd_ps(_mm512_mul_ps(g, _mm512_loadu_ps(scaled + i)), u, total);
         _mm512_storeu_ps(sums + i, _mm512_fmadd_ps(g, u, _mm512_loadu_ps(sums + i)));
     }
     float dot = _mm512_reduce_add_ps(total);
     for (int64_t i = body; i < k; i++) {
-        float g = load(grad, bf16, i), u = normalized[i] * inverse[i];
+        float g = load(grad, bf16, i), u = normalized[i] * (inverse ? inverse[i] : rstd);
         dot += g * scaled[i] * u;
         sums[i] += g * u;
     }
     const float mean = dot / (float)k;
-    const __m512 vmean = _mm512_set1_ps(mean), vr = _mm512_set1_ps(rstd);
+    const __m512 vmean = _mm512_set1_ps(mean);
     for (int64_t i = 0; i < body; i += 16) {
         __m512 g = _mm512_mul_ps(load16(grad, bf16, i), _mm512_loadu_ps(scaled + i));
-        __m512 u = _mm512_mul_ps(_mm512_loadu_ps(normalized + i), _mm512_loadu_ps(inverse + i));
+        __m512 u = _mm512_mul_ps(_mm512_loadu_ps(normalized + i), inverse ? _mm512_loadu_ps(inverse + i) : vr);
         _mm512_storeu_ps(grad_x + i, _mm512_mul_ps(_mm512_sub_ps(g, _mm512_mul_ps(u, vmean)), vr));
     }
-    for (int64_t i = body; i < k; i++) grad_x[i] = (load(grad, bf16, i) * scaled[i] - normalized[i] * inverse[i] * mean) * rstd;
+    for (int64_t i = body; i < k; i++)
+        grad_x[i] = (load(grad, bf16, i) * scaled[i] - normalized[i] * (inverse ? inverse[i] : rstd) * mean) * rstd;
 }
 #define DISPATCH(name, ...) (use_avx512() ? name##_avx512(__VA_ARGS__) : name##_portable(__VA_ARGS__))
 #else
@@ -236,6 +288,13 @@ void ryot_train_norm_quantize(const float *x, int64_t rows, int64_t k, const flo
     for (int64_t m = 0; m < rows; m++)
         DISPATCH(norm_quantize, x + m * k, k, weight, eps, codes + m * k, scale + m, rstd + m,
                  normed ? normed + m * k : NULL);
+}
+
+/* out = x * rstd * weight with rstd = 1 / sqrt(mean(x^2) + eps) per row (kept for backward). */
+void ryot_train_rms_norm(const float *x, int64_t rows, int64_t k, const float *weight, float eps, int threads,
+                         float *out, float *rstd) {
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    for (int64_t m = 0; m < rows; m++) DISPATCH(rms_norm, x + m * k, k, weight, eps, out + m * k, rstd + m);
 }
 
 /* out[m, n] = sums[m, n] * (weight_scale / scale[m]) (+ bias[n]); out may be sums' memory. */
@@ -254,6 +313,12 @@ void ryot_train_requantize(const float *x, int64_t rows, int64_t k, int threads,
     for (int64_t m = 0; m < rows; m++) DISPATCH(requantize, x + m * k, k, bf16, (char *)out + m * k * bytes);
 }
 
+/* int8 codes and per-row scales of x, as the forward makes them for the activations. */
+void ryot_train_quantize(const float *x, int64_t rows, int64_t k, int threads, int8_t *codes, float *scale) {
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    for (int64_t m = 0; m < rows; m++) DISPATCH(quantize, x + m * k, k, codes + m * k, scale + m);
+}
+
 void ryot_train_dequantize(const int8_t *codes, int64_t rows, int64_t k, const float *scale, int threads, int bf16,
                            void *out) {
     const int64_t bytes = bf16 ? 2 : 4;
@@ -261,9 +326,10 @@ void ryot_train_dequantize(const int8_t *codes, int64_t rows, int64_t k, const f
     for (int64_t m = 0; m < rows; m++) DISPATCH(dequantize, codes + m * k, k, scale[m], bf16, (char *)out + m * k * bytes);
 }
 
-/* The SubLN's backward. For y = unit * weight with unit = x * rstd, given grad_y (fp32 or
+/* An RMSNorm's backward. For y = unit * weight with unit = x * rstd, given grad_y (fp32 or
  * bf16), the normalized input (unit = normalized * inverse; inverse = 1 / weight, or 0 where
- * the weight cannot be divided by) and scaled = weight times the product's scale:
+ * the weight cannot be divided by) or, with inverse NULL, x itself (unit = x * rstd), and
+ * scaled = weight times the scale of what follows (1 for a plain RMSNorm):
  * grad_x = (g - unit * mean(g * unit)) * rstd with g = grad_y * scaled, and
  * grad_weight_sum = the sum over rows of grad_y * unit (the caller applies the scale).
  * Each thread sums its rows apart; returns -1 if that memory cannot be had. */
@@ -294,4 +360,39 @@ int ryot_train_subln_backward(const void *grad, int bf16, const float *normalize
     }
     free(partial);
     return 0;
+}
+
+/* ---- the FFN's gate: out = silu(gate) * up and its gradients (dense.c), n values split
+ * over the threads in whole vectors ------------------------------------------------------ */
+static void split(int64_t n, int64_t *first, int64_t *last) {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+#else
+    const int t = 0, team = 1;
+#endif
+    const int64_t chunk = ((n + team - 1) / team + 15) / 16 * 16;
+    *first = t * chunk < n ? t * chunk : n;
+    *last = *first + chunk < n ? *first + chunk : n;
+}
+
+void ryot_train_silu_mul(const float *gate, const float *up, int64_t n, int threads, float *out) {
+    const int isa = ryot_best_isa();
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t first, last;
+        split(n, &first, &last);
+        ryot_silu_mul(gate + first, up + first, last - first, out + first, isa);
+    }
+}
+
+void ryot_train_silu_mul_backward(const float *grad, const float *gate, const float *up, int64_t n, int threads,
+                                  float *grad_gate, float *grad_up) {
+    const int isa = ryot_best_isa();
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        int64_t first, last;
+        split(n, &first, &last);
+        ryot_silu_mul_backward(grad + first, gate + first, up + first, last - first, grad_gate + first,
+                               grad_up + first, isa);
+    }
 }

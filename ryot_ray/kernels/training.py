@@ -35,6 +35,17 @@ def norm_quantize(x: torch.Tensor, weight: torch.Tensor, eps: float, keep_normed
     return normed, codes, scale, rstd
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x normalized by its RMS times `weight`, per-row 1 / RMS)."""
+    library = required(kernels())
+    x = x.contiguous()
+    rows, k = _rows(x)
+    out, rstd = torch.empty_like(x), torch.empty(*x.shape[:-1], 1)
+    library.ryot_train_rms_norm(x.data_ptr(), rows, k, weight.contiguous().data_ptr(), eps, torch.get_num_threads(),
+                                out.data_ptr(), rstd.data_ptr())
+    return out, rstd
+
+
 def scale_sums(sums: torch.Tensor, scale: torch.Tensor, weight_scale: torch.Tensor,
                bias: torch.Tensor | None) -> torch.Tensor:
     """sums · weight_scale / scale (+ bias), in fp32, written over the int32 sums."""
@@ -56,6 +67,17 @@ def requantize(normed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
+def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, per-row scales 127 / absmax): x ≈ codes / scale."""
+    library = required(kernels())
+    rows, k = _rows(x)
+    codes = torch.empty(x.shape, dtype=torch.int8)
+    scale = torch.empty(*x.shape[:-1], 1)
+    library.ryot_train_quantize(x.contiguous().data_ptr(), rows, k, torch.get_num_threads(), codes.data_ptr(),
+                                scale.data_ptr())
+    return codes, scale
+
+
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """codes / scale per row, in `dtype`."""
     library = required(kernels())
@@ -66,11 +88,12 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> 
     return out
 
 
-def subln_backward(grad: torch.Tensor, normalized: torch.Tensor, rstd: torch.Tensor, inverse: torch.Tensor,
+def subln_backward(grad: torch.Tensor, normalized: torch.Tensor, rstd: torch.Tensor, inverse: torch.Tensor | None,
                    scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The backward of y = x · rstd · weight given grad_y (fp32 or bf16) and the normalized
     input: (grad_x, the sum over rows of grad_y · x · rstd). `inverse` is 1 / weight (0 where
-    the weight is too small to divide by), `scaled` the weight times the product's scale."""
+    the weight is too small to divide by), or None where `normalized` is x itself; `scaled`
+    the weight times the scale of what follows."""
     library = required(kernels())
     grad, normalized = grad.contiguous(), normalized.contiguous()
     rows, k = _rows(normalized)
@@ -78,8 +101,28 @@ def subln_backward(grad: torch.Tensor, normalized: torch.Tensor, rstd: torch.Ten
     sums = torch.empty(k)
     status = library.ryot_train_subln_backward(
         grad.data_ptr(), _BF16[grad.dtype], normalized.data_ptr(), rows, k, rstd.data_ptr(),
-        inverse.contiguous().data_ptr(), scaled.contiguous().data_ptr(), torch.get_num_threads(),
+        None if inverse is None else inverse.contiguous().data_ptr(), scaled.contiguous().data_ptr(),
+        torch.get_num_threads(),
         grad_x.data_ptr(), sums.data_ptr())
     if status != 0:
         raise MemoryError("ryot_train_subln_backward could not allocate its per-thread sums")
     return grad_x, sums
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) · up."""
+    library = required(kernels())
+    gate, up = gate.contiguous(), up.contiguous()
+    out = torch.empty_like(gate)
+    library.ryot_train_silu_mul(gate.data_ptr(), up.data_ptr(), gate.numel(), torch.get_num_threads(), out.data_ptr())
+    return out
+
+
+def silu_mul_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of silu(gate) · up with respect to gate and up."""
+    library = required(kernels())
+    grad, gate, up = grad.contiguous(), gate.contiguous(), up.contiguous()
+    grad_gate, grad_up = torch.empty_like(gate), torch.empty_like(up)
+    library.ryot_train_silu_mul_backward(grad.data_ptr(), gate.data_ptr(), up.data_ptr(), gate.numel(),
+                                         torch.get_num_threads(), grad_gate.data_ptr(), grad_up.data_ptr())
+    return grad_gate, grad_up

@@ -3,9 +3,10 @@
 The `quantization` knob picks the linear layer when the model is built: `bitnet` turns
 every linear inside the decoder blocks into a `BitLinear` (keeping the activations for
 backward as `activation_compression` says) and every MLP into a `MatryoshkaMLP`
-(`mrl_depth` nested widths, `sparse_k` activations kept); `none` keeps `nn.Linear`, the
-dense full-precision reference of the same architecture. Embeddings and `lm_head` stay
-fp32.
+(`mrl_depth` nested widths, `sparse_k` activations kept, its SiLU gate keeping its inputs
+as `activation_compression` says) and runs the decoder's RMSNorms as fused steps; `none`
+keeps `nn.Linear` and autograd, the dense full-precision reference of the same
+architecture. Embeddings and `lm_head` stay fp32.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from ryot_ray.config import ModelConfig
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.matryoshka import to_matryoshka
+from ryot_ray.model.norm import fuse_norms
 from ryot_ray.model.widths import checked_widths
 
 PRESETS: dict[str, dict] = {
@@ -26,6 +28,11 @@ PRESETS: dict[str, dict] = {
                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256),
+    # 25-50M parameters in the decoder blocks: at sequence 256, batch 32 training memory is
+    # measured where activations and weights, not the runtime, should dominate it
+    # (`bench train|compression --set model.preset=base --sequence 256`).
+    "base": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                 num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512),
     # TinyLlama-1.1B shapes; the 32000-token vocabulary keeps lm_head at its real size.
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
@@ -48,12 +55,12 @@ def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig
 
 def to_bitnet(model: LlamaForCausalLM, config: ModelConfig) -> LlamaForCausalLM:
     """Swap every nn.Linear inside the decoder blocks for a BitLinear with the same
-    weights, then nest the MLPs."""
+    weights, nest the MLPs and fuse the RMSNorms."""
     for module in list(model.model.layers.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, BitLinear.from_linear(child, config.activation_compression))
-    return to_matryoshka(model, config.mrl_depth, config.sparse_k)
+    return fuse_norms(to_matryoshka(model, config.mrl_depth, config.sparse_k, config.activation_compression))
 
 
 LINEAR_BUILDERS: dict[str, Callable[[LlamaForCausalLM, ModelConfig], LlamaForCausalLM]] = {

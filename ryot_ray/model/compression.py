@@ -21,6 +21,10 @@ What the function keeps of the activations is the `activation_compression` knob,
   from them (activations / norm weight), off by the int8 rounding.
 - `binary`: sign bits and one scale per token (the mean magnitude), 1/32 of the bits;
   lossy everywhere the activations are used.
+The decoder's own RMSNorms (`RMSNormFunction`) keep their input and one rstd per token.
+The FFN's silu(gate) · up (`SiluMul`) keeps its two inputs in fp32 for `none` (autograd
+would keep three tensors) and as int8 codes for `int8` and `binary`, rounded as the
+activations are.
 """
 
 from __future__ import annotations
@@ -41,11 +45,19 @@ NORM_WEIGHT_FLOOR = 1e-6  # below it a normalized input cannot be rebuilt: taken
 BACKWARD_DTYPE = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
-def _norm_quantize(x, norm_weight, eps, keep_normed):
+def _quantize(x):
+    codes, scale = int8_activations(x)
+    return codes.to(torch.int8), scale
+
+
+def _rms_norm(x, weight, eps):
     rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
-    normed = x * rstd * norm_weight  # F.rms_norm, with the rstd the backward needs
-    codes, scale = int8_activations(normed)
-    return normed if keep_normed else None, codes.to(torch.int8), scale, rstd
+    return x * rstd * weight, rstd  # F.rms_norm, with the rstd the backward needs
+
+
+def _norm_quantize(x, norm_weight, eps, keep_normed):
+    normed, rstd = _rms_norm(x, norm_weight, eps)
+    return normed if keep_normed else None, *_quantize(normed), rstd
 
 
 def _scale_sums(sums, scale, weight_scale, bias):
@@ -58,9 +70,14 @@ def _requantize(normed, dtype):
     return (codes / scale).to(dtype)
 
 
+def _silu_mul_backward(grad, gate, up):
+    sig = torch.sigmoid(gate)
+    return grad * up * (sig * (1 + gate * (1 - sig))), grad * (gate * sig)
+
+
 def _subln_backward(grad, normalized, rstd, inverse, scaled):
     grad = grad.float()
-    unit = normalized * inverse  # the input times rstd, rebuilt
+    unit = normalized * (rstd if inverse is None else inverse)  # the input times rstd, rebuilt
     sums = (grad * unit).reshape(-1, unit.shape[-1]).sum(0)
     grad_unit = grad * scaled
     return grad_unit.sub_(unit * (grad_unit * unit).mean(-1, keepdim=True)).mul_(rstd), sums
@@ -72,18 +89,43 @@ class Steps:
     contract)."""
 
     name: str
+    rms_norm: Callable
     norm_quantize: Callable
     scale_sums: Callable
     requantize: Callable
+    quantize: Callable
     dequantize: Callable
     subln_backward: Callable
+    silu_mul: Callable
+    silu_mul_backward: Callable
 
 
-TORCH_STEPS = Steps("torch", _norm_quantize, _scale_sums, _requantize,
-                    lambda codes, scale, dtype: (codes.float() / scale).to(dtype), _subln_backward)
-NATIVE_STEPS = Steps("native", native.norm_quantize, native.scale_sums, native.requantize, native.dequantize,
-                     native.subln_backward)
+TORCH_STEPS = Steps("torch", _rms_norm, _norm_quantize, _scale_sums, _requantize, _quantize,
+                    lambda codes, scale, dtype: (codes.float() / scale).to(dtype), _subln_backward,
+                    lambda gate, up: F.silu(gate) * up, _silu_mul_backward)
+NATIVE_STEPS = Steps("native", native.rms_norm, native.norm_quantize, native.scale_sums, native.requantize, native.quantize,
+                     native.dequantize, native.subln_backward, native.silu_mul, native.silu_mul_backward)
 DEFAULT_STEPS = NATIVE_STEPS if kernels()[0] is not None else TORCH_STEPS
+
+
+class Fp32Keeper:
+    """An FFN gate input kept as it is."""
+
+    def keep(self, x: torch.Tensor, steps: Steps) -> tuple[torch.Tensor, ...]:
+        return (x,)
+
+    def restore(self, saved: tuple[torch.Tensor, ...], steps: Steps) -> torch.Tensor:
+        return saved[0]
+
+
+class Int8Keeper:
+    """An FFN gate input kept as int8 codes and a scale per token."""
+
+    def keep(self, x: torch.Tensor, steps: Steps) -> tuple[torch.Tensor, ...]:
+        return steps.quantize(x)
+
+    def restore(self, saved: tuple[torch.Tensor, ...], steps: Steps) -> torch.Tensor:
+        return steps.dequantize(*saved, torch.float32)
 
 
 class Fp32Saver:
@@ -91,6 +133,7 @@ class Fp32Saver:
 
     name = "none"
     keeps_normed = True  # pack needs the normalized input
+    ffn_keeper = Fp32Keeper()  # how the FFN's silu(gate) · up keeps its inputs
 
     def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (normed,)
@@ -104,6 +147,7 @@ class Fp32Saver:
 class Int8Saver:
     name = "int8"
     keeps_normed = False
+    ffn_keeper = Int8Keeper()
 
     def pack(self, normed: torch.Tensor | None, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return codes, scale
@@ -117,6 +161,7 @@ class Int8Saver:
 class BinarySaver:
     name = "binary"
     keeps_normed = False
+    ffn_keeper = Int8Keeper()  # the gate's sign alone would lose the SiLU's slope
 
     def pack(self, normed: torch.Tensor | None, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         signs = F.pad(codes >= 0, (0, -codes.shape[-1] % 8)).unflatten(-1, (-1, 8))
@@ -185,3 +230,43 @@ class FusedBitLinear(torch.autograd.Function):
         inverse = torch.where(usable, 1.0 / torch.where(usable, norm_weight, 1.0), 0.0)
         grad_x, sums = ctx.steps.subln_backward(codes_grad, normalized, rstd, inverse, norm_weight * weight_scale)
         return grad_x, sums.mul_(weight_scale), None, grad_weight, None, None, grad_bias, None, None, None
+
+
+class SiluMul(torch.autograd.Function):
+    """The FFN's silu(gate) · up, keeping its two inputs (not autograd's three tensors) the
+    way the saved-activation knob says: fp32 for `none`, int8 codes for `int8` and `binary`."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, gate, up, keeper, steps):
+        kept_gate = keeper.keep(gate, steps)
+        ctx.keeper, ctx.steps, ctx.count = keeper, steps, len(kept_gate)
+        ctx.save_for_backward(*kept_gate, *keeper.keep(up, steps))
+        return steps.silu_mul(gate, up)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        gate = ctx.keeper.restore(saved[: ctx.count], ctx.steps)
+        up = ctx.keeper.restore(saved[ctx.count:], ctx.steps)
+        return *ctx.steps.silu_mul_backward(grad, gate, up), None, None
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """x · rstd · weight keeping x and rstd for backward (autograd keeps x and x · rstd)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, x, weight, eps, steps):
+        out, rstd = steps.rms_norm(x, weight, eps)
+        ctx.steps = steps
+        ctx.save_for_backward(x, rstd, weight)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad):
+        x, rstd, weight = ctx.saved_tensors
+        grad_x, grad_weight = ctx.steps.subln_backward(grad, x, rstd, None, weight)
+        return grad_x, grad_weight, None, None

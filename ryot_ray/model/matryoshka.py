@@ -6,6 +6,9 @@ first w inputs of down: widths I, I/2, ... share prefixes of one set of weights,
 narrower width computes less and reads fewer weights without a copy. Training samples
 one width per micro-batch (every worker draws the same one), so a step costs what one
 width costs and each width gets 1/depth of the updates.
+
+The gate silu(gate) · up is one autograd function (`compression.SiluMul`) that keeps its
+inputs as the saved-activation knob says.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import random
 
 import torch
 from torch import nn
+from transformers.activations import SiLUActivation
 
+from ryot_ray.model.compression import DEFAULT_STEPS, SAVERS, SiluMul, Steps
 from ryot_ray.model.quantize import straight_through
 from ryot_ray.model.widths import checked_widths, kept_activations
 
@@ -36,31 +41,59 @@ class TopK(nn.Module):
         return f"sparse_k={self.sparse_k}"
 
 
+class SiluGate(nn.Module):
+    """silu(gate) · up, keeping its inputs for backward as `activation_compression` says."""
+
+    def __init__(self, activation_compression: str, steps: Steps = DEFAULT_STEPS):
+        super().__init__()
+        self.keeper, self.steps = SAVERS[activation_compression].ffn_keeper, steps
+        self.activation_compression = activation_compression
+
+    def forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return SiluMul.apply(gate, up, self.keeper, self.steps)
+
+    def extra_repr(self) -> str:
+        return f"saved activations: {self.activation_compression}, {self.steps.name} steps"
+
+
+class ActivationGate(nn.Module):
+    """act(gate) · up for an activation other than SiLU (a pretrained model's), in autograd."""
+
+    def __init__(self, act_fn: nn.Module):
+        super().__init__()
+        self.act_fn = act_fn
+
+    def forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return self.act_fn(gate) * up
+
+
 class MatryoshkaMLP(nn.Module):
     """A Llama MLP run at `self.width` of its nested widths."""
 
-    def __init__(self, mlp: nn.Module, widths: list[int], sparsity: nn.Module):
+    def __init__(self, mlp: nn.Module, widths: list[int], sparsity: nn.Module, gate: nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-        self.act_fn = mlp.act_fn
+        self.gate = gate
         self.widths = widths
         self.width = widths[0]
         self.sparsity = sparsity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act_fn(self.gate_proj(x, rows=self.width)) * self.up_proj(x, rows=self.width)
+        h = self.gate(self.gate_proj(x, rows=self.width), self.up_proj(x, rows=self.width))
         return self.down_proj(self.sparsity(h))
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, width={self.width}"
 
 
-def to_matryoshka(model: nn.Module, depth: int, sparse_k: float) -> nn.Module:
+def to_matryoshka(model: nn.Module, depth: int, sparse_k: float, activation_compression: str = "none") -> nn.Module:
     """Wrap every decoder MLP; the checkpoint keys stay those of the Llama MLP."""
     for layer in model.model.layers:
         widths = checked_widths(layer.mlp.down_proj.in_features, depth, sparse_k)
         sparsity = TopK(sparse_k) if sparse_k != 1 else nn.Identity()
-        layer.mlp = MatryoshkaMLP(layer.mlp, widths, sparsity)
+        silu = isinstance(layer.mlp.act_fn, (SiLUActivation, nn.SiLU))
+        gate = SiluGate(activation_compression) if silu else ActivationGate(layer.mlp.act_fn)
+        layer.mlp = MatryoshkaMLP(layer.mlp, widths, sparsity, gate)
     return model
 
 

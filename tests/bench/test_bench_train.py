@@ -23,11 +23,22 @@ def test_bench_train_times_both_models_on_the_same_batches(smoke_config):
     assert "speedup" in table(result)
 
 
+def test_bench_train_at_a_sequence_trains_on_full_rows_of_it(smoke_config):
+    result = bench_train(smoke_config, rounds=1, steps=2, threads=1, sequence=40)
+    assert result["sequence"] == 40 and result["preset"] == "tiny"
+    assert result["tokens_per_round"] == 2 * smoke_config.train.batch_size * 40
+    assert "preset tiny" in table(result) and "sequence 40" in table(result)
+
+
 def test_bench_cli_saves_json(tmp_path, capsys):
     code = main(["bench", "train", "--config", str(SMOKE), "--rounds", "1", "--steps", "1",
                  "--results-dir", str(tmp_path)])
     assert code == 0
     saved = list((tmp_path / "bench").glob("train-*.json"))
-    assert len(saved) == 1 and json.loads(saved[0].read_text())["benchmark"] == "train"
+    result = json.loads(saved[0].read_text())
+    assert len(saved) == 1 and result["benchmark"] == "train"
+    assert result["sequence"] is None  # the examples as they are, unless asked
     assert "tokens/s" in capsys.readouterr().out
     assert main(["bench", "train", "--config", str(SMOKE), "--rounds", "0"]) == 2
+    assert main(["bench", "train", "--config", str(SMOKE), "--sequence", "1"]) == 2
+    assert main(["bench", "train", "--config", str(SMOKE), "--set", "model.preset=nope"]) == 2

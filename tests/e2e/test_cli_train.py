@@ -43,6 +43,6 @@ def test_bad_config_exits_2_before_ray(tmp_path):
     done = ryot_ray("train", "--config", str(bad), "--results-dir", str(tmp_path))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"ryot-ray: error: {bad}: model.preset: 'enormous' is not one of tiny, small, 1b"
+        f"ryot-ray: error: {bad}: model.preset: 'enormous' is not one of tiny, small, base, 1b"
     ]
     assert "dashboard" not in done.stdout

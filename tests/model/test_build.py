@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from ryot_ray.config import ModelConfig
+from ryot_ray.config import MODEL_PRESETS, ModelConfig
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.build import PRESETS, build_model, llama_config
 
@@ -40,6 +40,18 @@ def test_1b_preset_has_tinyllama_shapes(tokenizer):
     config = llama_config("1b", tokenizer)
     assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (2048, 5632, 22)
     assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (32, 4, 32000)
+
+
+def test_every_preset_the_config_takes_has_shapes():
+    assert tuple(PRESETS) == MODEL_PRESETS
+
+
+def test_base_preset_has_25_to_50m_parameters_in_its_decoder_blocks(tokenizer):
+    """The size where activations and weights, not the runtime, make up training memory."""
+    model = build_model(ModelConfig(preset="base", mrl_depth=2, sparse_k=0.25), tokenizer)
+    blocks = sum(p.numel() for p in model.model.layers.parameters())
+    assert 25e6 <= blocks <= 50e6
+    assert model.config.max_position_embeddings >= 256
 
 
 def test_pretrained_checkpoint_converts_and_keeps_its_weights(tokenizer, tmp_path):

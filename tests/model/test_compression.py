@@ -8,6 +8,7 @@ import torch
 
 from native_marks import needs_native
 from ryot_ray.model.bitlinear import BitLinear
+from ryot_ray.model.matryoshka import SiluGate
 from ryot_ray.model.compression import (NATIVE_STEPS, SAVERS, TORCH_STEPS, integer_linear, plain_autograd,
                                         stored_bits)
 from ryot_ray.model.quantize import int8_activations, ternarize
@@ -148,3 +149,44 @@ def test_native_steps_are_the_torch_steps(width, threads):
             assert torch.allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
     finally:
         torch.set_num_threads(previous)
+
+
+@needs_native
+def test_native_gate_steps_are_the_torch_steps():
+    torch.manual_seed(1)
+    gate, up, grad = torch.randn(3, 7, 45) * 4, torch.randn(3, 7, 45), torch.randn(3, 7, 45)
+    assert torch.allclose(NATIVE_STEPS.silu_mul(gate, up), TORCH_STEPS.silu_mul(gate, up), rtol=1e-5, atol=1e-6)
+    for got, want in zip(NATIVE_STEPS.silu_mul_backward(grad, gate, up), TORCH_STEPS.silu_mul_backward(grad, gate, up)):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(NATIVE_STEPS.quantize(gate), TORCH_STEPS.quantize(gate)):
+        assert torch.equal(got, want)
+
+
+def _gate_gradients(mode: str, steps, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    gate, up = gate.clone().requires_grad_(), up.clone().requires_grad_()
+    function = SiluGate(mode, steps) if mode else (lambda g, u: torch.nn.functional.silu(g) * u)
+    out = function(gate, up)
+    out.square().sum().backward()
+    return out, gate.grad, up.grad
+
+
+@pytest.mark.parametrize("steps", STEPS)
+def test_the_silu_gate_keeps_fewer_bytes_and_its_gradients(steps):
+    torch.manual_seed(2)
+    gate, up = torch.randn(4, 9, 64) * 2, torch.randn(4, 9, 64)
+    want = _gate_gradients("", steps, gate, up)
+    for got, expected in zip(_gate_gradients("none", steps, gate, up), want):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    out, *grads = _gate_gradients("int8", steps, gate, up)
+    assert torch.allclose(out, want[0], rtol=1e-5, atol=1e-5)  # the forward is exact
+    assert all(0 < _relative(got, expected) < 0.03 for got, expected in zip(grads, want[1:]))
+
+    def saved_bytes(function) -> int:
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.nbytes) or t, lambda t: t):
+            function(gate.clone().requires_grad_(), up.clone().requires_grad_())
+        return sum(kept)
+    autograd = saved_bytes(lambda g, u: torch.nn.functional.silu(g) * u)
+    assert autograd == 3 * gate.nbytes  # gate, silu(gate), up
+    assert saved_bytes(SiluGate("none", steps)) == 2 * gate.nbytes
+    assert saved_bytes(SiluGate("int8", steps)) == 2 * (gate.numel() + 4 * 4 * 9)
