@@ -5,7 +5,7 @@
   alternating order over rounds. Two figures per variant: the peak RSS of the steps
   and the peak of the tensors autograd holds for backward (the activations, without the
   process's fixed costs), plus the gradient error of each mode against the reference
-  BitLinear computation in plain autograd.
+  model in plain autograd (fake-quantized BitLinears, Llama norms, torch's SiLU gate).
 - Sparse down-projection (decode, 1b shapes): the dense ternary kernel against the
   sparse one keeping a quarter (and a half) of the activations, interleaved, weights
   cycled through DRAM.
@@ -19,6 +19,8 @@ import random
 import statistics
 
 import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from ryot_ray.bench import sequence_text
 from ryot_ray.infer.speed import digit_prompt
@@ -38,6 +40,8 @@ from ryot_ray.machine import machine_facts
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.build import PRESETS, build_model
 from ryot_ray.model.compression import BACKWARD_DTYPE, plain_autograd
+from ryot_ray.model.matryoshka import ActivationGate, SiluGate
+from ryot_ray.model.norm import FusedRMSNorm
 from ryot_ray.train.loop import build_optimizer
 
 MEMORY_VARIANTS = ("reference", "bitnet_none", "bitnet_int8", "bitnet_binary")
@@ -99,10 +103,26 @@ def _train_steps(config_dict: dict, variant: str, steps: int, threads: int,
     return peak_rss_mb(), saved.peak / 2**20, reset
 
 
+def _plain_autograd(model: nn.Module) -> nn.Module:
+    """The BitNet model as plain autograd computes it: fake-quantized BitLinears, the Llama
+    RMSNorms, silu(gate) · up in torch operations; the same weights."""
+    for module in list(model.modules()):
+        if isinstance(module, BitLinear):
+            module.quantized_linear = plain_autograd
+        for name, child in list(module.named_children()):
+            if isinstance(child, FusedRMSNorm):
+                norm = LlamaRMSNorm(child.weight.shape[0], child.variance_epsilon)
+                norm.weight = child.weight
+                setattr(module, name, norm)
+            elif isinstance(child, SiluGate):
+                setattr(module, name, ActivationGate(nn.SiLU()))
+    return model
+
+
 def gradient_errors(config: Config, sequence: int | None = None) -> dict[str, float]:
-    """Relative L2 error of all gradients of the fused BitLinear step (each saved-activation
-    mode, the machine's backward precision) against the fake-quantized reference in plain
-    autograd, on the same weights and batch."""
+    """Relative L2 error of all gradients of the fused training step (each saved-activation
+    mode, the machine's backward precision, the native steps where they run) against the
+    same model in plain autograd (`_plain_autograd`), on the same weights and batch."""
     batch = sampled_batches(config, build_char_tokenizer(), 1, sequence)[0]
     gradients = {}
     for mode in ("reference", "none", "int8", "binary"):
@@ -110,9 +130,7 @@ def gradient_errors(config: Config, sequence: int | None = None) -> dict[str, fl
         model = build_model(_variant_config(config, f"bitnet_{'none' if mode == 'reference' else mode}").model,
                             build_char_tokenizer())
         if mode == "reference":
-            for layer in model.modules():
-                if isinstance(layer, BitLinear):
-                    layer.quantized_linear = plain_autograd
+            _plain_autograd(model)
         model(**batch).loss.backward()
         gradients[mode] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     exact = gradients["reference"]

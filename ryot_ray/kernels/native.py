@@ -57,7 +57,8 @@ KERNEL_SIGNATURES = {
     "ryot_softmax": (None, [P, I64, INT]),
     "ryot_silu_mul": (None, [P, P, I64, P, INT]),
     "ryot_attend": (None, [P, P, I64, P, I64, I64, INT, F32, P, P, INT]),
-    # the elementwise steps of BitLinear training (training.c)
+    # the elementwise steps of training (training.c)
+    "ryot_train_vectorized": (INT, []),
     "ryot_train_norm_quantize": (None, [P, I64, I64, P, F32, INT, P, P, P, P]),
     "ryot_train_rms_norm": (None, [P, I64, I64, P, F32, INT, P, P]),
     "ryot_train_scale_sums": (None, [P, I64, I64, P, F32, P, INT, P]),

@@ -82,11 +82,12 @@ int ryot_best_isa(void) {
 }
 
 /* Per-token absmax int8 quantization, bit-identical to the torch reference:
- * scale = 127 / max(|x|, 1e-5); q = round_half_even(x * scale) clamped to [-128, 127]. */
+ * scale = 127 / max(|x|, 1e-5) computed as torch computes `127.0 / tensor` (127 times the
+ * reciprocal); q = round_half_even(x * scale) clamped to [-128, 127]. */
 static void quantize_row_portable(const float *row, int64_t k, int8_t *out, float *scale, int32_t *sum) {
     float amax = 0.0f;
     for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(row[i]));
-    const float s = 127.0f / fmaxf(amax, RYOT_QUANT_EPS);
+    const float s = 127.0f * (1.0f / fmaxf(amax, RYOT_QUANT_EPS));
     int32_t total = 0;
     for (int64_t i = 0; i < k; i++) {
         float q = rintf(row[i] * s); /* the default rounding mode: ties to even */
@@ -106,7 +107,7 @@ quantize_row_avx512(const float *row, int64_t k, int8_t *out, float *scale, int3
     for (; i + 16 <= k; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
     float top = _mm512_reduce_max_ps(amax);
     for (; i < k; i++) top = fmaxf(top, fabsf(row[i]));
-    const float s = 127.0f / fmaxf(top, RYOT_QUANT_EPS);
+    const float s = 127.0f * (1.0f / fmaxf(top, RYOT_QUANT_EPS));
     const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
     __m512i total = _mm512_setzero_si512();
     for (i = 0; i + 16 <= k; i += 16) {

@@ -1,10 +1,13 @@
-/* The elementwise steps of a BitLinear training step (model/compression.py), each one
+/* The elementwise steps of training (model/steps.py): those around a BitLinear's products,
+ * the RMSNorm and its backward, the FFN's SiLU gate (its math in dense.c). Each is one
  * pass over rows that stay in cache, where torch makes several passes and a temporary per
  * operation. Rows are split over `threads` OpenMP threads.
  *
  * Values equal torch's reference steps except for the order of a row's sums (the sum of
- * squares of the RMSNorm, the dot product of its backward), which moves the last bit.
- * bf16 outputs round to nearest even, as torch's conversion does.
+ * squares of the RMSNorm, the dot product of its backward), which moves the last bit, and
+ * the SiLU's exp (a polynomial to about one ulp). bf16 outputs round to nearest even, as
+ * torch's conversion does. The vector path is AVX-512; elsewhere the loops are scalar
+ * (`ryot_train_vectorized` says which, so a caller can prefer torch's vector code).
  */
 #include <math.h>
 #include <stdint.h>
@@ -23,11 +26,10 @@
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #endif
 
-static int use_avx512(void) {
+int ryot_train_vectorized(void) {
 #ifdef RYOT_X86
-    static int known = -1;
-    if (known < 0) known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-    return known;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
 #else
     return 0;
 #endif
@@ -276,14 +278,15 @@ AVX512 static void subln_row_avx512(const void *grad, int bf16, const float *nor
     for (int64_t i = body; i < k; i++)
         grad_x[i] = (load(grad, bf16, i) * scaled[i] - normalized[i] * (inverse ? inverse[i] : rstd) * mean) * rstd;
 }
-#define DISPATCH(name, ...) (use_avx512() ? name##_avx512(__VA_ARGS__) : name##_portable(__VA_ARGS__))
+#define DISPATCH(name, ...) (wide ? name##_avx512(__VA_ARGS__) : name##_portable(__VA_ARGS__))
 #else
-#define DISPATCH(name, ...) name##_portable(__VA_ARGS__)
+#define DISPATCH(name, ...) ((void)wide, name##_portable(__VA_ARGS__))
 #endif
 
 /* ---- the entry points: rows split over the threads ------------------------------------- */
 void ryot_train_norm_quantize(const float *x, int64_t rows, int64_t k, const float *weight, float eps,
                               int threads, int8_t *codes, float *scale, float *rstd, float *normed) {
+    const int wide = ryot_train_vectorized();
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t m = 0; m < rows; m++)
         DISPATCH(norm_quantize, x + m * k, k, weight, eps, codes + m * k, scale + m, rstd + m,
@@ -293,6 +296,7 @@ void ryot_train_norm_quantize(const float *x, int64_t rows, int64_t k, const flo
 /* out = x * rstd * weight with rstd = 1 / sqrt(mean(x^2) + eps) per row (kept for backward). */
 void ryot_train_rms_norm(const float *x, int64_t rows, int64_t k, const float *weight, float eps, int threads,
                          float *out, float *rstd) {
+    const int wide = ryot_train_vectorized();
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t m = 0; m < rows; m++) DISPATCH(rms_norm, x + m * k, k, weight, eps, out + m * k, rstd + m);
 }
@@ -300,6 +304,7 @@ void ryot_train_rms_norm(const float *x, int64_t rows, int64_t k, const float *w
 /* out[m, n] = sums[m, n] * (weight_scale / scale[m]) (+ bias[n]); out may be sums' memory. */
 void ryot_train_scale_sums(const int32_t *sums, int64_t rows, int64_t n, const float *scale, float weight_scale,
                            const float *bias, int threads, float *out) {
+    const int wide = ryot_train_vectorized();
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t m = 0; m < rows; m++) DISPATCH(scale_row, sums + m * n, n, weight_scale / scale[m], bias, out + m * n);
 }
@@ -308,6 +313,7 @@ void ryot_train_scale_sums(const int32_t *sums, int64_t rows, int64_t n, const f
  * the normalized input, quantized again (round(x * scale) / scale), or from the saved codes
  * (codes / scale). */
 void ryot_train_requantize(const float *x, int64_t rows, int64_t k, int threads, int bf16, void *out) {
+    const int wide = ryot_train_vectorized();
     const int64_t bytes = bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t m = 0; m < rows; m++) DISPATCH(requantize, x + m * k, k, bf16, (char *)out + m * k * bytes);
@@ -315,12 +321,14 @@ void ryot_train_requantize(const float *x, int64_t rows, int64_t k, int threads,
 
 /* int8 codes and per-row scales of x, as the forward makes them for the activations. */
 void ryot_train_quantize(const float *x, int64_t rows, int64_t k, int threads, int8_t *codes, float *scale) {
+    const int wide = ryot_train_vectorized();
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t m = 0; m < rows; m++) DISPATCH(quantize, x + m * k, k, codes + m * k, scale + m);
 }
 
 void ryot_train_dequantize(const int8_t *codes, int64_t rows, int64_t k, const float *scale, int threads, int bf16,
                            void *out) {
+    const int wide = ryot_train_vectorized();
     const int64_t bytes = bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int64_t m = 0; m < rows; m++) DISPATCH(dequantize, codes + m * k, k, scale[m], bf16, (char *)out + m * k * bytes);
@@ -336,6 +344,7 @@ void ryot_train_dequantize(const int8_t *codes, int64_t rows, int64_t k, const f
 int ryot_train_subln_backward(const void *grad, int bf16, const float *normalized, int64_t rows, int64_t k,
                               const float *rstd, const float *inverse, const float *scaled, int threads,
                               float *grad_x, float *grad_weight_sum) {
+    const int wide = ryot_train_vectorized();
     if (threads < 1) threads = 1;
     float *partial = calloc((size_t)threads * (size_t)k, sizeof(float));
     if (!partial) return -1;

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ryot_ray.model.compression import BACKWARD_DTYPE, DEFAULT_STEPS, SAVERS, FusedBitLinear, Steps
+from ryot_ray.model.compression import BACKWARD_DTYPE, SAVERS, FusedBitLinear
+from ryot_ray.model.steps import DEFAULT_STEPS, Steps
 from ryot_ray.model.quantize import int8_activations, ternarize
 
 

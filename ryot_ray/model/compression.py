@@ -1,4 +1,4 @@
-"""The BitLinear training step as one autograd function, and what it keeps for backward.
+"""The BitLinear training step as one autograd function, and what training keeps for backward.
 
 Forward: the SubLN, the int8 rounding of the activations and the product with the
 ternary weight codes, summed exactly in int32 (`torch._int_mm`) and scaled once; the
@@ -9,9 +9,7 @@ elsewhere (`BACKWARD_DTYPE`); `bench compression` reports the gradient error of 
 mode against `plain_autograd`.
 
 The elementwise work around the products (RMSNorm, rounding, scaling, the SubLN's
-backward) is most of a small model's step; `Steps` does it, in the native library's
-one-pass row kernels where it was built (`NATIVE_STEPS`) and in torch operations
-otherwise (`TORCH_STEPS`, also the reference the native steps are tested against).
+backward) is most of a small model's step: `steps.Steps` does it, natively where it can.
 
 What the function keeps of the activations is the `activation_compression` knob, a
 `Saver` picked when the layer is built:
@@ -21,91 +19,23 @@ What the function keeps of the activations is the `activation_compression` knob,
   from them (activations / norm weight), off by the int8 rounding.
 - `binary`: sign bits and one scale per token (the mean magnitude), 1/32 of the bits;
   lossy everywhere the activations are used.
-The decoder's own RMSNorms (`RMSNormFunction`) keep their input and one rstd per token.
-The FFN's silu(gate) · up (`SiluMul`) keeps its two inputs in fp32 for `none` (autograd
-would keep three tensors) and as int8 codes for `int8` and `binary`, rounded as the
-activations are.
+Each saver also says how the FFN's silu(gate) · up (`matryoshka.SiluMul`) keeps its two
+inputs (its `ffn_keeper`): in fp32 for `none` (autograd would keep three tensors), as
+int8 codes for `int8` and `binary`, rounded as the activations are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ryot_ray.kernels import training as native
-from ryot_ray.kernels.native import kernels
 from ryot_ray.model.quantize import int8_activations, straight_through
+from ryot_ray.model.steps import Steps
 
 SIGN_BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 NORM_WEIGHT_FLOOR = 1e-6  # below it a normalized input cannot be rebuilt: taken as 0
 # bf16 GEMMs run several times faster than fp32 where the CPU has bf16 units (oneDNN's check)
 BACKWARD_DTYPE = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-
-
-def _quantize(x):
-    codes, scale = int8_activations(x)
-    return codes.to(torch.int8), scale
-
-
-def _rms_norm(x, weight, eps):
-    rstd = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
-    return x * rstd * weight, rstd  # F.rms_norm, with the rstd the backward needs
-
-
-def _norm_quantize(x, norm_weight, eps, keep_normed):
-    normed, rstd = _rms_norm(x, norm_weight, eps)
-    return normed if keep_normed else None, *_quantize(normed), rstd
-
-
-def _scale_sums(sums, scale, weight_scale, bias):
-    out = torch.mul(sums, weight_scale / scale.reshape(-1, 1))
-    return out if bias is None else out.add_(bias)
-
-
-def _requantize(normed, dtype):
-    codes, scale = int8_activations(normed)
-    return (codes / scale).to(dtype)
-
-
-def _silu_mul_backward(grad, gate, up):
-    sig = torch.sigmoid(gate)
-    return grad * up * (sig * (1 + gate * (1 - sig))), grad * (gate * sig)
-
-
-def _subln_backward(grad, normalized, rstd, inverse, scaled):
-    grad = grad.float()
-    unit = normalized * (rstd if inverse is None else inverse)  # the input times rstd, rebuilt
-    sums = (grad * unit).reshape(-1, unit.shape[-1]).sum(0)
-    grad_unit = grad * scaled
-    return grad_unit.sub_(unit * (grad_unit * unit).mean(-1, keepdim=True)).mul_(rstd), sums
-
-
-@dataclass(frozen=True)
-class Steps:
-    """The elementwise steps around the products (see `kernels/training.py` for each one's
-    contract)."""
-
-    name: str
-    rms_norm: Callable
-    norm_quantize: Callable
-    scale_sums: Callable
-    requantize: Callable
-    quantize: Callable
-    dequantize: Callable
-    subln_backward: Callable
-    silu_mul: Callable
-    silu_mul_backward: Callable
-
-
-TORCH_STEPS = Steps("torch", _rms_norm, _norm_quantize, _scale_sums, _requantize, _quantize,
-                    lambda codes, scale, dtype: (codes.float() / scale).to(dtype), _subln_backward,
-                    lambda gate, up: F.silu(gate) * up, _silu_mul_backward)
-NATIVE_STEPS = Steps("native", native.rms_norm, native.norm_quantize, native.scale_sums, native.requantize, native.quantize,
-                     native.dequantize, native.subln_backward, native.silu_mul, native.silu_mul_backward)
-DEFAULT_STEPS = NATIVE_STEPS if kernels()[0] is not None else TORCH_STEPS
 
 
 class Fp32Keeper:
@@ -197,7 +127,7 @@ def integer_linear(codes: torch.Tensor, scale: torch.Tensor, weight_codes: torch
     """int8 activation codes (one scale per token) times int8 ternary weight codes, summed
     exactly in int32, then scaled: x ≈ codes / scale, W ≈ weight_codes · weight_scale."""
     sums = torch._int_mm(codes.reshape(-1, codes.shape[-1]), weight_codes.t())
-    return steps.scale_sums(sums, scale, weight_scale, bias).reshape(*codes.shape[:-1], -1)
+    return steps.scale_sums(sums.view(*codes.shape[:-1], -1), scale, weight_scale, bias)
 
 
 class FusedBitLinear(torch.autograd.Function):
@@ -208,10 +138,12 @@ class FusedBitLinear(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x, norm_weight, eps, weight, weight_codes, weight_scale, bias, saver, backward_dtype, steps):
-        normed, codes, scale, rstd = steps.norm_quantize(x, norm_weight, eps, saver.keeps_normed)
-        saved = saver.pack(normed, codes, scale)
-        ctx.saver, ctx.count, ctx.has_bias, ctx.dtype, ctx.steps = saver, len(saved), bias is not None, backward_dtype, steps
-        ctx.save_for_backward(*saved, rstd, norm_weight, weight_codes, weight_scale)
+        training = any(ctx.needs_input_grad)  # nothing is kept under no_grad (evaluation)
+        normed, codes, scale, rstd = steps.norm_quantize(x, norm_weight, eps, training and saver.keeps_normed)
+        if training:
+            saved = saver.pack(normed, codes, scale)
+            ctx.saver, ctx.count, ctx.has_bias, ctx.dtype, ctx.steps = saver, len(saved), bias is not None, backward_dtype, steps
+            ctx.save_for_backward(*saved, rstd, norm_weight, weight_codes, weight_scale)
         return integer_linear(codes, scale, weight_codes, weight_scale, bias, steps)
 
     @staticmethod
@@ -230,43 +162,3 @@ class FusedBitLinear(torch.autograd.Function):
         inverse = torch.where(usable, 1.0 / torch.where(usable, norm_weight, 1.0), 0.0)
         grad_x, sums = ctx.steps.subln_backward(codes_grad, normalized, rstd, inverse, norm_weight * weight_scale)
         return grad_x, sums.mul_(weight_scale), None, grad_weight, None, None, grad_bias, None, None, None
-
-
-class SiluMul(torch.autograd.Function):
-    """The FFN's silu(gate) · up, keeping its two inputs (not autograd's three tensors) the
-    way the saved-activation knob says: fp32 for `none`, int8 codes for `int8` and `binary`."""
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, gate, up, keeper, steps):
-        kept_gate = keeper.keep(gate, steps)
-        ctx.keeper, ctx.steps, ctx.count = keeper, steps, len(kept_gate)
-        ctx.save_for_backward(*kept_gate, *keeper.keep(up, steps))
-        return steps.silu_mul(gate, up)
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
-    def backward(ctx, grad):
-        saved = ctx.saved_tensors
-        gate = ctx.keeper.restore(saved[: ctx.count], ctx.steps)
-        up = ctx.keeper.restore(saved[ctx.count:], ctx.steps)
-        return *ctx.steps.silu_mul_backward(grad, gate, up), None, None
-
-
-class RMSNormFunction(torch.autograd.Function):
-    """x · rstd · weight keeping x and rstd for backward (autograd keeps x and x · rstd)."""
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, x, weight, eps, steps):
-        out, rstd = steps.rms_norm(x, weight, eps)
-        ctx.steps = steps
-        ctx.save_for_backward(x, rstd, weight)
-        return out
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
-    def backward(ctx, grad):
-        x, rstd, weight = ctx.saved_tensors
-        grad_x, grad_weight = ctx.steps.subln_backward(grad, x, rstd, None, weight)
-        return grad_x, grad_weight, None, None

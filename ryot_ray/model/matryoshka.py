@@ -7,8 +7,8 @@ narrower width computes less and reads fewer weights without a copy. Training sa
 one width per micro-batch (every worker draws the same one), so a step costs what one
 width costs and each width gets 1/depth of the updates.
 
-The gate silu(gate) · up is one autograd function (`compression.SiluMul`) that keeps its
-inputs as the saved-activation knob says.
+The gate silu(gate) · up is one autograd function (`SiluMul`) that keeps its inputs as
+the saved-activation knob says.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import random
 
 import torch
 from torch import nn
-from transformers.activations import SiLUActivation
 
-from ryot_ray.model.compression import DEFAULT_STEPS, SAVERS, SiluMul, Steps
+from ryot_ray.model.compression import SAVERS
 from ryot_ray.model.quantize import straight_through
+from ryot_ray.model.steps import DEFAULT_STEPS, Steps
 from ryot_ray.model.widths import checked_widths, kept_activations
 
 
@@ -39,6 +39,28 @@ class TopK(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sparse_k={self.sparse_k}"
+
+
+class SiluMul(torch.autograd.Function):
+    """The FFN's silu(gate) · up, keeping its two inputs (not autograd's three tensors) the
+    way the saved-activation knob says: fp32 for `none`, int8 codes for `int8` and `binary`."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, gate, up, keeper, steps):
+        if any(ctx.needs_input_grad):  # nothing is kept under no_grad (evaluation)
+            kept_gate = keeper.keep(gate, steps)
+            ctx.keeper, ctx.steps, ctx.count = keeper, steps, len(kept_gate)
+            ctx.save_for_backward(*kept_gate, *keeper.keep(up, steps))
+        return steps.silu_mul(gate, up)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        gate = ctx.keeper.restore(saved[: ctx.count], ctx.steps)
+        up = ctx.keeper.restore(saved[ctx.count:], ctx.steps)
+        return *ctx.steps.silu_mul_backward(grad, gate, up), None, None
 
 
 class SiluGate(nn.Module):
@@ -70,30 +92,30 @@ class ActivationGate(nn.Module):
 class MatryoshkaMLP(nn.Module):
     """A Llama MLP run at `self.width` of its nested widths."""
 
-    def __init__(self, mlp: nn.Module, widths: list[int], sparsity: nn.Module, gate: nn.Module):
+    def __init__(self, mlp: nn.Module, widths: list[int], sparsity: nn.Module, activation: nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-        self.gate = gate
+        self.activation = activation  # act(gate) · up
         self.widths = widths
         self.width = widths[0]
         self.sparsity = sparsity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.gate(self.gate_proj(x, rows=self.width), self.up_proj(x, rows=self.width))
+        h = self.activation(self.gate_proj(x, rows=self.width), self.up_proj(x, rows=self.width))
         return self.down_proj(self.sparsity(h))
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, width={self.width}"
 
 
-def to_matryoshka(model: nn.Module, depth: int, sparse_k: float, activation_compression: str = "none") -> nn.Module:
+def to_matryoshka(model: nn.Module, depth: int, sparse_k: float, activation_compression: str) -> nn.Module:
     """Wrap every decoder MLP; the checkpoint keys stay those of the Llama MLP."""
+    silu = model.config.hidden_act == "silu"
     for layer in model.model.layers:
         widths = checked_widths(layer.mlp.down_proj.in_features, depth, sparse_k)
         sparsity = TopK(sparse_k) if sparse_k != 1 else nn.Identity()
-        silu = isinstance(layer.mlp.act_fn, (SiLUActivation, nn.SiLU))
-        gate = SiluGate(activation_compression) if silu else ActivationGate(layer.mlp.act_fn)
-        layer.mlp = MatryoshkaMLP(layer.mlp, widths, sparsity, gate)
+        activation = SiluGate(activation_compression) if silu else ActivationGate(layer.mlp.act_fn)
+        layer.mlp = MatryoshkaMLP(layer.mlp, widths, sparsity, activation)
     return model
 
 

@@ -2,7 +2,7 @@
 
 Same parameter (`weight`) and epsilon as the Llama norm they replace, so checkpoints and
 freezing see no difference; the step runs in the native library where it was built and
-keeps the input and one rstd per token for backward (`compression.RMSNormFunction`).
+keeps the input and one rstd per token for backward (`RMSNormFunction`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,26 @@ import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from ryot_ray.model.compression import DEFAULT_STEPS, RMSNormFunction, Steps
+from ryot_ray.model.steps import DEFAULT_STEPS, Steps
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """x · rstd · weight keeping x and rstd for backward (autograd keeps x and x · rstd)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, x, weight, eps, steps):
+        out, rstd = steps.rms_norm(x, weight, eps)
+        ctx.steps = steps
+        ctx.save_for_backward(x, rstd, weight)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad):
+        x, rstd, weight = ctx.saved_tensors
+        grad_x, grad_weight = ctx.steps.subln_backward(grad, x, rstd, None, weight)
+        return grad_x, grad_weight, None, None
 
 
 class FusedRMSNorm(nn.Module):

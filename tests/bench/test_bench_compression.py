@@ -8,6 +8,7 @@ from ryot_ray.bench.compression import (
     _train_steps, gradient_errors, matryoshka_decode, sparse_down_projection, table, training_memory,
 )
 from ryot_ray.cli import main
+from ryot_ray.config import ModelConfig
 from native_marks import needs_native
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
@@ -63,3 +64,20 @@ def test_sparse_rows_carry_ratios_to_dense():
     dense = result["microseconds"]["dense"]["samples"]
     for name, ratio in result["speedup_vs_dense"].items():
         assert ratio["samples"] == pytest.approx([d / s for d, s in zip(dense, result["microseconds"][name]["samples"])])
+
+
+def test_the_gradient_reference_is_the_model_in_plain_autograd():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from ryot_ray.bench.compression import _plain_autograd
+    from ryot_ray.data.tokenizer import build_char_tokenizer
+    from ryot_ray.model.bitlinear import BitLinear
+    from ryot_ray.model.build import build_model
+    from ryot_ray.model.compression import plain_autograd
+    from ryot_ray.model.matryoshka import ActivationGate, SiluGate
+    from ryot_ray.model.norm import FusedRMSNorm
+
+    model = _plain_autograd(build_model(ModelConfig(preset="tiny"), build_char_tokenizer()))
+    kinds = {type(m) for m in model.modules()}
+    assert FusedRMSNorm not in kinds and SiluGate not in kinds and {LlamaRMSNorm, ActivationGate} <= kinds
+    assert all(m.quantized_linear is plain_autograd for m in model.modules() if isinstance(m, BitLinear))

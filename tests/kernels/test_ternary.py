@@ -216,8 +216,8 @@ def test_sparse_selection_is_top_k_by_magnitude():
         index, codes, scale = native_sparse_quantize(x, keep)
         assert torch.equal(index.long(), x.abs().topk(keep).indices.sort().values)
         assert torch.equal(sparse_quantize_int8(x, keep)[0], index)
-        # the whole row's int8 codes, as the kernel computes them (fp32 division)
-        want_scale = torch.full((4, 1), 127.0) / x.abs().amax(dim=-1, keepdim=True)
+        # the whole row's int8 codes, as torch's int8_activations computes them (127 times the reciprocal)
+        want_scale = int8_activations(x)[1]
         assert torch.equal(scale, want_scale)
         want = (x * want_scale).round().clamp(-128, 127).to(torch.int8)
         assert torch.equal(codes, want.gather(1, index.long()))

@@ -8,9 +8,8 @@ import torch
 
 from native_marks import needs_native
 from ryot_ray.model.bitlinear import BitLinear
-from ryot_ray.model.matryoshka import SiluGate
-from ryot_ray.model.compression import (NATIVE_STEPS, SAVERS, TORCH_STEPS, integer_linear, plain_autograd,
-                                        stored_bits)
+from ryot_ray.model.compression import SAVERS, integer_linear, plain_autograd, stored_bits
+from ryot_ray.model.steps import NATIVE_STEPS, TORCH_STEPS
 from ryot_ray.model.quantize import int8_activations, ternarize
 
 MODES = ("none", "int8", "binary")
@@ -50,7 +49,7 @@ def test_the_integer_product_is_exact(steps):
 
 @pytest.mark.parametrize("steps", STEPS)
 def test_the_fused_forward_is_the_reference_forward(steps):
-    x = torch.randn(3, 7, 40)
+    x = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(3))
     want = _layer("none", reference=True)(x)
     for mode in MODES:
         assert torch.allclose(_layer(mode, steps=steps)(x), want, rtol=1e-5, atol=1e-5)
@@ -60,14 +59,14 @@ def test_the_fused_forward_is_the_reference_forward(steps):
 
 @pytest.mark.parametrize("steps", STEPS)
 def test_fp32_backward_of_the_uncompressed_layer_is_the_reference(steps):
-    x = torch.randn(3, 7, 40)
+    x = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(4))
     for got, want in zip(_gradients(_layer("none", steps=steps), x), _gradients(_layer("none", reference=True), x)):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("steps", STEPS)
 def test_int8_keeps_the_weight_gradient_exact_and_the_rest_close(steps):
-    x = torch.randn(3, 7, 40)
+    x = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(5))
     (x_grad, weight_grad, bias_grad, norm_grad), (x_grad8, weight_grad8, bias_grad8, norm_grad8) = (
         _gradients(_layer("none", reference=True), x), _gradients(_layer("int8", steps=steps), x))
     assert torch.allclose(weight_grad8, weight_grad, rtol=1e-4, atol=1e-5)
@@ -77,7 +76,7 @@ def test_int8_keeps_the_weight_gradient_exact_and_the_rest_close(steps):
 
 
 def test_binary_gradients_are_coarse_but_correlated():
-    x = torch.randn(3, 7, 40)
+    x = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(7))
     exact, binary = _gradients(_layer("none", reference=True), x), _gradients(_layer("binary"), x)
     assert torch.allclose(binary[2], exact[2])  # the bias gradient needs no activations
     for got, want in ((binary[0], exact[0]), (binary[1], exact[1])):
@@ -87,11 +86,11 @@ def test_binary_gradients_are_coarse_but_correlated():
 
 @pytest.mark.parametrize("steps", STEPS)
 def test_a_bf16_backward_stays_within_bf16_rounding_of_the_reference(steps):
-    x = torch.randn(3, 7, 40)
+    x = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(6))
     exact = _gradients(_layer("none", reference=True), x)
-    for mode in ("none", "int8"):
+    for mode, bound in (("none", 0.01), ("int8", 0.02)):  # bf16 keeps 8 significant bits: ~0.4 % per product
         for got, want in zip(_gradients(_layer(mode, torch.bfloat16, steps=steps), x), exact):
-            assert _relative(got, want) < 0.02  # bf16 keeps 8 significant bits: ~0.4 % per product
+            assert _relative(got, want) < bound
 
 
 @pytest.mark.parametrize("width", [40, 13])  # 13: sign bits padded to a whole byte
@@ -116,77 +115,3 @@ def test_savers_round_trip_and_count_their_bits(width):
     assert torch.equal(binary.sign(), torch.where(codes >= 0, 1.0, -1.0))
     assert torch.allclose(binary.abs().mean(-1), rounded.abs().mean(-1))
 
-
-@needs_native
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("width", [688, 40, 13])  # 40, 13: rows that end off a 16-lane vector
-def test_native_steps_are_the_torch_steps(width, threads):
-    torch.manual_seed(width)
-    x, weight = torch.randn(2, 33, width) * 3, torch.randn(width)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        (normed, codes, scale, rstd), (want_normed, want_codes, want_scale, want_rstd) = (
-            NATIVE_STEPS.norm_quantize(x, weight, 1e-6, True), TORCH_STEPS.norm_quantize(x, weight, 1e-6, True))
-        # the sum of squares in another order: the last bit of rstd, rarely a code off by one
-        assert torch.allclose(rstd, want_rstd, rtol=1e-6) and torch.allclose(normed, want_normed, rtol=1e-5, atol=1e-6)
-        assert torch.allclose(scale, want_scale, rtol=1e-5)
-        assert (codes.int() - want_codes.int()).abs().max() <= 1 and (codes != want_codes).float().mean() < 0.01
-        assert NATIVE_STEPS.norm_quantize(x, weight, 1e-6, False)[0] is None
-        codes, scale = want_codes, want_scale
-        sums = torch.randint(-5000, 5000, (66, 24), dtype=torch.int32)
-        weight_scale, bias = torch.tensor(0.37), torch.randn(24)
-        assert torch.equal(NATIVE_STEPS.scale_sums(sums.clone(), scale, weight_scale, bias),
-                           TORCH_STEPS.scale_sums(sums, scale, weight_scale, bias))
-        for dtype in (torch.float32, torch.bfloat16):
-            assert torch.equal(NATIVE_STEPS.requantize(want_normed, dtype), TORCH_STEPS.requantize(want_normed, dtype))
-            assert torch.equal(NATIVE_STEPS.dequantize(codes, scale, dtype), TORCH_STEPS.dequantize(codes, scale, dtype))
-        inverse, scaled = 1 / weight, weight * weight_scale
-        for grad in (torch.randn(2, 33, width), torch.randn(2, 33, width).bfloat16()):
-            got, want = (steps.subln_backward(grad, want_normed, want_rstd, inverse, scaled)
-                         for steps in (NATIVE_STEPS, TORCH_STEPS))
-            assert torch.allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
-            assert torch.allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
-    finally:
-        torch.set_num_threads(previous)
-
-
-@needs_native
-def test_native_gate_steps_are_the_torch_steps():
-    torch.manual_seed(1)
-    gate, up, grad = torch.randn(3, 7, 45) * 4, torch.randn(3, 7, 45), torch.randn(3, 7, 45)
-    assert torch.allclose(NATIVE_STEPS.silu_mul(gate, up), TORCH_STEPS.silu_mul(gate, up), rtol=1e-5, atol=1e-6)
-    for got, want in zip(NATIVE_STEPS.silu_mul_backward(grad, gate, up), TORCH_STEPS.silu_mul_backward(grad, gate, up)):
-        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
-    for got, want in zip(NATIVE_STEPS.quantize(gate), TORCH_STEPS.quantize(gate)):
-        assert torch.equal(got, want)
-
-
-def _gate_gradients(mode: str, steps, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    gate, up = gate.clone().requires_grad_(), up.clone().requires_grad_()
-    function = SiluGate(mode, steps) if mode else (lambda g, u: torch.nn.functional.silu(g) * u)
-    out = function(gate, up)
-    out.square().sum().backward()
-    return out, gate.grad, up.grad
-
-
-@pytest.mark.parametrize("steps", STEPS)
-def test_the_silu_gate_keeps_fewer_bytes_and_its_gradients(steps):
-    torch.manual_seed(2)
-    gate, up = torch.randn(4, 9, 64) * 2, torch.randn(4, 9, 64)
-    want = _gate_gradients("", steps, gate, up)
-    for got, expected in zip(_gate_gradients("none", steps, gate, up), want):
-        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
-    out, *grads = _gate_gradients("int8", steps, gate, up)
-    assert torch.allclose(out, want[0], rtol=1e-5, atol=1e-5)  # the forward is exact
-    assert all(0 < _relative(got, expected) < 0.03 for got, expected in zip(grads, want[1:]))
-
-    def saved_bytes(function) -> int:
-        kept = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.nbytes) or t, lambda t: t):
-            function(gate.clone().requires_grad_(), up.clone().requires_grad_())
-        return sum(kept)
-    autograd = saved_bytes(lambda g, u: torch.nn.functional.silu(g) * u)
-    assert autograd == 3 * gate.nbytes  # gate, silu(gate), up
-    assert saved_bytes(SiluGate("none", steps)) == 2 * gate.nbytes
-    assert saved_bytes(SiluGate("int8", steps)) == 2 * (gate.numel() + 4 * 4 * 9)

@@ -3,11 +3,16 @@
 import pytest
 import torch
 
+from native_marks import needs_native
 from ryot_ray.config import ConfigError, ModelConfig
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.model.build import build_model
-from ryot_ray.model.matryoshka import MatryoshkaMLP, TopK, ffn_levels, sampled_level, use_width
+from ryot_ray.model.matryoshka import (ActivationGate, MatryoshkaMLP, SiluGate, TopK, ffn_levels, sampled_level,
+                                       use_width)
+from ryot_ray.model.steps import NATIVE_STEPS, TORCH_STEPS
 from ryot_ray.model.widths import ffn_widths, kept_activations
+
+STEPS = [pytest.param(TORCH_STEPS, id="torch"), pytest.param(NATIVE_STEPS, id="native", marks=needs_native)]
 
 
 def _bitnet(**knobs) -> torch.nn.Module:
@@ -79,3 +84,50 @@ def test_the_width_a_micro_batch_trains_is_shared_and_reproducible():
     assert levels == [sampled_level(0, step, 0, 3) for step in range(60)]
     assert set(levels) == {0, 1, 2}
     assert {sampled_level(0, step, 0, 1) for step in range(10)} == {0}
+
+
+def _gate_gradients(mode: str, steps, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    gate, up = gate.clone().requires_grad_(), up.clone().requires_grad_()
+    function = SiluGate(mode, steps) if mode else (lambda g, u: torch.nn.functional.silu(g) * u)
+    out = function(gate, up)
+    out.square().sum().backward()
+    return out, gate.grad, up.grad
+
+
+@pytest.mark.parametrize("steps", STEPS)
+def test_the_silu_gate_keeps_fewer_bytes_and_its_gradients(steps):
+    torch.manual_seed(2)
+    gate, up = torch.randn(4, 9, 64) * 2, torch.randn(4, 9, 64)
+    want = _gate_gradients("", steps, gate, up)
+    for got, expected in zip(_gate_gradients("none", steps, gate, up), want):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    out, *grads = _gate_gradients("int8", steps, gate, up)
+    assert torch.allclose(out, want[0], rtol=1e-5, atol=1e-5)  # the forward is exact
+    assert all(0 < _relative(got, expected) < 0.03 for got, expected in zip(grads, want[1:]))
+
+    def saved_bytes(function) -> int:
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.nbytes) or t, lambda t: t):
+            function(gate.clone().requires_grad_(), up.clone().requires_grad_())
+        return sum(kept)
+    autograd = saved_bytes(lambda g, u: torch.nn.functional.silu(g) * u)
+    assert autograd == 3 * gate.nbytes  # gate, silu(gate), up
+    assert saved_bytes(SiluGate("none", steps)) == 2 * gate.nbytes
+    assert saved_bytes(SiluGate("int8", steps)) == 2 * (gate.numel() + 4 * 4 * 9)
+
+
+def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
+
+
+def test_the_gate_is_picked_by_the_model_activation():
+    tokenizer = build_char_tokenizer()
+    assert isinstance(build_model(ModelConfig(preset="tiny"), tokenizer).model.layers[0].mlp.activation, SiluGate)
+    from ryot_ray.model.build import llama_config
+
+    gelu = llama_config("tiny", tokenizer)
+    gelu.hidden_act = "gelu"
+    mlp = build_model(ModelConfig(preset="tiny"), tokenizer, llama=gelu).model.layers[0].mlp
+    assert isinstance(mlp.activation, ActivationGate)
+    gate, up = torch.randn(2, 5, 128), torch.randn(2, 5, 128)
+    assert torch.equal(mlp.activation(gate, up), torch.nn.functional.gelu(gate) * up)

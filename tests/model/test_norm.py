@@ -9,7 +9,7 @@ from native_marks import needs_native
 from ryot_ray.config import ModelConfig
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.model.build import build_model
-from ryot_ray.model.compression import NATIVE_STEPS, TORCH_STEPS
+from ryot_ray.model.steps import NATIVE_STEPS, TORCH_STEPS
 from ryot_ray.model.norm import FusedRMSNorm
 
 STEPS = [pytest.param(TORCH_STEPS, id="torch"), pytest.param(NATIVE_STEPS, id="native", marks=needs_native)]
