@@ -76,15 +76,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.T
     return out, rstd
 
 
-def scale_sums(sums: torch.Tensor, scale: torch.Tensor, weight_scale: torch.Tensor,
-               bias: torch.Tensor | None) -> torch.Tensor:
-    """int32 sums · weight_scale / scale (+ bias), in fp32, in a tensor of their shape."""
+def scale_sums(sums: torch.Tensor, scale: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+               out: torch.Tensor) -> torch.Tensor:
+    """int32 sums · weight_scale / scale (+ bias) into `out` (fp32, the sums' shape; it may be
+    the sums' own memory)."""
     library = required(kernels())
-    sums = sums.to(torch.int32).contiguous()
+    if sums.dtype != torch.int32 or out.dtype != torch.float32 or out.shape != sums.shape:
+        raise ValueError(f"scale_sums takes int32 sums into fp32 of their shape, got {sums.dtype} "
+                         f"{tuple(sums.shape)} into {out.dtype} {tuple(out.shape)}")
+    if not (sums.is_contiguous() and out.is_contiguous()):
+        raise ValueError("scale_sums needs contiguous sums and output")
     rows, n = _rows(sums)
     scale = _per_row(scale, rows, "the scale")
     bias = None if bias is None else _per_column(bias, n, "the bias")
-    out = torch.empty(sums.shape, dtype=torch.float32)
     library.ryot_train_scale_sums(sums.data_ptr(), rows, n, scale.data_ptr(), float(weight_scale),
                                   None if bias is None else bias.data_ptr(), torch.get_num_threads(), out.data_ptr())
     return out

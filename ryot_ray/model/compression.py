@@ -125,9 +125,13 @@ def plain_autograd(x, norm_weight, eps, weight, weight_codes, weight_scale, bias
 def integer_linear(codes: torch.Tensor, scale: torch.Tensor, weight_codes: torch.Tensor, weight_scale: torch.Tensor,
                    bias: torch.Tensor | None, steps: Steps) -> torch.Tensor:
     """int8 activation codes (one scale per token) times int8 ternary weight codes, summed
-    exactly in int32, then scaled: x ≈ codes / scale, W ≈ weight_codes · weight_scale."""
-    sums = torch._int_mm(codes.reshape(-1, codes.shape[-1]), weight_codes.t())
-    return steps.scale_sums(sums.view(*codes.shape[:-1], -1), scale, weight_scale, bias)
+    exactly in int32, then scaled: x ≈ codes / scale, W ≈ weight_codes · weight_scale. The
+    sums are written into the output's memory and scaled in their place (no second tensor
+    of the output's size)."""
+    out = torch.empty(*codes.shape[:-1], weight_codes.shape[0])
+    sums = out.view(torch.int32)
+    torch._int_mm(codes.reshape(-1, codes.shape[-1]), weight_codes.t(), out=sums.view(-1, sums.shape[-1]))
+    return steps.scale_sums(sums, scale, weight_scale, bias, out)
 
 
 class FusedBitLinear(torch.autograd.Function):

@@ -35,8 +35,8 @@ def _norm_quantize(x, norm_weight, eps, keep_normed):
     return normed if keep_normed else None, *_quantize(normed), rstd
 
 
-def _scale_sums(sums, scale, weight_scale, bias):
-    out = torch.mul(sums, weight_scale / scale)
+def _scale_sums(sums, scale, weight_scale, bias, out):
+    torch.mul(sums, weight_scale / scale, out=out)
     return out if bias is None else out.add_(bias)
 
 

@@ -45,6 +45,7 @@ def test_the_integer_product_is_exact(steps):
     assert torch.equal(got, sums.float() * (weight_scale / scale))
     got = integer_linear(codes.to(torch.int8), scale, weight_codes.to(torch.int8), weight_scale, bias, steps)
     assert torch.equal(got, sums.float() * (weight_scale / scale) + bias)
+    assert got._base is None  # not a view: a later in-place op on a layer's output is allowed
 
 
 @pytest.mark.parametrize("steps", STEPS)

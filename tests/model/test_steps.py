@@ -34,8 +34,11 @@ def test_bitlinear_steps(width, threads):
     sums = torch.randint(-5000, 5000, (2, 33, 24), dtype=torch.int32)
     weight_scale, bias = torch.tensor(0.37), torch.randn(24)
     for b in (bias, None):
-        assert torch.equal(NATIVE_STEPS.scale_sums(sums, scale, weight_scale, b),
-                           TORCH_STEPS.scale_sums(sums, scale, weight_scale, b))
+        want = TORCH_STEPS.scale_sums(sums, scale, weight_scale, b, torch.empty(2, 33, 24))
+        assert torch.equal(NATIVE_STEPS.scale_sums(sums, scale, weight_scale, b, torch.empty(2, 33, 24)), want)
+        for steps in (NATIVE_STEPS, TORCH_STEPS):  # scaled in the sums' own memory
+            in_place = sums.clone()
+            assert torch.equal(steps.scale_sums(in_place, scale, weight_scale, b, in_place.view(torch.float32)), want)
     for dtype in (torch.float32, torch.bfloat16):
         assert torch.equal(NATIVE_STEPS.requantize(want_normed, dtype), TORCH_STEPS.requantize(want_normed, dtype))
         assert torch.equal(NATIVE_STEPS.dequantize(codes, scale, dtype), TORCH_STEPS.dequantize(codes, scale, dtype))
