@@ -90,14 +90,20 @@ static inline float load(const void *in, int bf16, int64_t i) {
     return bf16 ? f32_from_bf16(((const uint16_t *)in)[i]) : ((const float *)in)[i];
 }
 
+/* 1 / sqrt(mean(x^2) + eps) of a row */
+static float rstd_portable(const float *x, int64_t k, float eps) {
+    float squares = 0.0f;
+    for (int64_t i = 0; i < k; i++) squares += x[i] * x[i];
+    return 1.0f / sqrtf(squares / (float)k + eps);
+}
+
 /* ---- forward: RMSNorm and int8 codes ---------------------------------------------------
  * rstd = 1 / sqrt(mean(x^2) + eps); normed = x * rstd * weight; scale = 127 / max(|normed|,
  * RYOT_QUANT_EPS); codes = round(normed * scale) in [-128, 127]. `normed` may be NULL. */
 static void norm_quantize_portable(const float *x, int64_t k, const float *weight, float eps, int8_t *codes,
                                    float *scale, float *rstd, float *normed) {
-    float squares = 0.0f, top = 0.0f;
-    for (int64_t i = 0; i < k; i++) squares += x[i] * x[i];
-    const float r = 1.0f / sqrtf(squares / (float)k + eps);
+    float top = 0.0f;
+    const float r = rstd_portable(x, k, eps);
     for (int64_t i = 0; i < k; i++) top = fmaxf(top, fabsf(x[i] * r * weight[i]));
     const float s = int8_scale(top);
     for (int64_t i = 0; i < k; i++) {
@@ -110,9 +116,7 @@ static void norm_quantize_portable(const float *x, int64_t k, const float *weigh
 }
 
 static void rms_norm_portable(const float *x, int64_t k, const float *weight, float eps, float *out, float *rstd) {
-    float squares = 0.0f;
-    for (int64_t i = 0; i < k; i++) squares += x[i] * x[i];
-    const float r = 1.0f / sqrtf(squares / (float)k + eps);
+    const float r = rstd_portable(x, k, eps);
     for (int64_t i = 0; i < k; i++) out[i] = x[i] * r * weight[i];
     *rstd = r;
 }
@@ -159,14 +163,19 @@ static void subln_row_portable(const void *grad, int bf16, const float *normaliz
 
 #ifdef RYOT_X86
 /* The AVX-512 rows: 16 lanes at a time, the tail (k % 16) as the portable code does it. */
-AVX512 static void norm_quantize_avx512(const float *x, int64_t k, const float *weight, float eps, int8_t *codes,
-                                        float *scale, float *rstd, float *normed) {
+AVX512 static float rstd_avx512(const float *x, int64_t k, float eps) {
     const int64_t body = k - k % 16;
     __m512 sum = _mm512_setzero_ps();
     for (int64_t i = 0; i < body; i += 16) sum = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(x + i), sum);
     float squares = _mm512_reduce_add_ps(sum);
     for (int64_t i = body; i < k; i++) squares += x[i] * x[i];
-    const float r = 1.0f / sqrtf(squares / (float)k + eps);
+    return 1.0f / sqrtf(squares / (float)k + eps);
+}
+
+AVX512 static void norm_quantize_avx512(const float *x, int64_t k, const float *weight, float eps, int8_t *codes,
+                                        float *scale, float *rstd, float *normed) {
+    const int64_t body = k - k % 16;
+    const float r = rstd_avx512(x, k, eps);
     const __m512 vr = _mm512_set1_ps(r);
     __m512 most = _mm512_setzero_ps();
     for (int64_t i = 0; i < body; i += 16)
@@ -193,11 +202,7 @@ AVX512 static void norm_quantize_avx512(const float *x, int64_t k, const float *
 AVX512 static void rms_norm_avx512(const float *x, int64_t k, const float *weight, float eps, float *out,
                                    float *rstd) {
     const int64_t body = k - k % 16;
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t i = 0; i < body; i += 16) sum = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(x + i), sum);
-    float squares = _mm512_reduce_add_ps(sum);
-    for (int64_t i = body; i < k; i++) squares += x[i] * x[i];
-    const float r = 1.0f / sqrtf(squares / (float)k + eps);
+    const float r = rstd_avx512(x, k, eps);
     const __m512 vr = _mm512_set1_ps(r);
     for (int64_t i = 0; i < body; i += 16)
         _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vr), _mm512_loadu_ps(weight + i)));
