@@ -121,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--set", dest="overrides", action="append", default=[], metavar="inference.KEY=VALUE")
     generate.add_argument("--max-new-tokens", type=int, default=64)
 
+    freeze = commands.add_parser("freeze", help="write a BitNet checkpoint's frozen model file for the native engine")
+    freeze.add_argument("--checkpoint", type=Path, required=True, help="a trained BitNet checkpoint directory")
+    freeze.add_argument("--set", dest="overrides", action="append", default=[], metavar="inference.KEY=VALUE",
+                        help="the layout, e.g. inference.int8_embeddings=true or inference.tile_size=4")
+
     info = commands.add_parser("info", help="CPU features, versions and the Ray cluster")
     _ray_options(info)
     info.add_argument("--no-ray", action="store_true", help="skip connecting to Ray")
@@ -539,7 +544,28 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"tune": _tune, "train": _train, "bench": _bench, "validate": _validate, "generate": _generate, "info": _info}
+def _freeze(args: argparse.Namespace) -> int:
+    from ryot_ray.infer.engines import frozen_file
+    from ryot_ray.infer.load import engine_path
+
+    config = _inference_config(args.checkpoint, args.overrides)
+    if config.model.quantization != "bitnet":
+        raise ConfigError(f"{args.checkpoint} holds the fp32 reference ({config.model.quantization!r}); "
+                          "freeze takes a BitNet checkpoint")
+    path = engine_path()
+    if path.name != "native":
+        raise ConfigError(f"the native engine does not run here, so there is nothing to freeze for: {path.reason}")
+    frozen = frozen_file(args.checkpoint, config.inference)
+    made_from = frozen.made_from
+    print(f"{'froze' if frozen.made_now else 'already frozen, reused'}: {frozen.path} "
+          f"({frozen.path.stat().st_size / 2**20:.1f} MB)")
+    print(f"made from: weights sha256 {made_from['weights'][:16]}…, tiles {made_from['tiles']}, int8 embeddings "
+          f"{made_from['int8']}, sparse {made_from['sparse']}, native build {made_from['library']}")
+    return 0
+
+
+COMMANDS = {"tune": _tune, "train": _train, "bench": _bench, "validate": _validate, "generate": _generate,
+            "freeze": _freeze, "info": _info}
 
 
 def main(argv: list[str] | None = None) -> int:

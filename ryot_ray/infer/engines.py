@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -52,30 +53,40 @@ def optimized_engine(model: nn.Module, tokenizer, config, sparse: bool, slots: i
     `checkpoint` where there is one and the native step runs, else frozen in memory."""
     tune_tiles(model, config.inference)
     if checkpoint is not None and engine_path().name == "native":
-        frozen = FrozenModel.load(frozen_file(checkpoint, config.inference, sparse))
+        frozen = FrozenModel.load(frozen_file(checkpoint, config.inference, sparse).path)
         engine = native_engine(frozen, slots, max_length, threads, config.inference.kv_cache)
         engine.use_width(config.inference.ffn_level)
         return engine
     return model_engine(model, tokenizer, config.inference, slots, max_length, sparse, threads)
 
 
-def frozen_file(checkpoint: Path, inference: InferenceConfig, sparse: bool = True) -> Path:
+@dataclass(frozen=True)
+class FrozenFile:
+    path: Path
+    made_from: dict  # the checkpoint's weights digest and the layout; its hash names the file
+    made_now: bool  # False: an earlier freeze of the same checkpoint and layout was reused
+
+
+def frozen_file(checkpoint: Path, inference: InferenceConfig, sparse: bool = True) -> FrozenFile:
     """The frozen model file of a checkpoint in the layout `inference` asks for, made
     once (beside the checkpoint, or in the user cache where the checkpoint is read-only)
-    and reused while the checkpoint's weights and this CPU's tiles stay the same."""
+    and reused while the checkpoint's weights and this CPU's tiles stay the same. Without
+    a `tile_size`, the shapes this CPU has not tuned yet are tuned first."""
     record = read_checkpoint_record(checkpoint)
     shapes = fused_shapes(_Shape(record["llama_config"]))
+    if inference.tile_size is None:
+        tune_missing(shapes.values())
     tuned = load_cache()
     tiles = {name: inference.tile_size or tile_for(*shape, tuned)["rows_per_tile"] for name, shape in shapes.items()}
-    key = json.dumps({"weights": record["files"][MODEL_FILE], "tiles": tiles, "int8": inference.int8_embeddings,
-                      "sparse": sparse, "format": FORMAT, "library": _library_digest()}, sort_keys=True)
-    name = f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.ryot"
+    made_from = {"weights": record["files"][MODEL_FILE], "tiles": tiles, "int8": inference.int8_embeddings,
+                 "sparse": sparse, "format": FORMAT, "library": _library_digest()}
+    name = f"{hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()[:16]}.ryot"
     for directory in (Path(checkpoint) / FROZEN_DIR, _user_cache()):
         path = directory / name
         if path.is_file():
             try:
                 FrozenModel.load(path)
-                return path
+                return FrozenFile(path, made_from, made_now=False)
             except ModelFileError:
                 path.unlink(missing_ok=True)
     model, tokenizer, *_ = load_checkpoint(checkpoint)
@@ -83,7 +94,7 @@ def frozen_file(checkpoint: Path, inference: InferenceConfig, sparse: bool = Tru
     for directory in (Path(checkpoint) / FROZEN_DIR, _user_cache()):
         try:
             frozen.save(directory / name)
-            return directory / name
+            return FrozenFile(directory / name, made_from, made_now=True)
         except OSError:
             continue
     raise OSError(f"cannot write the frozen model of {checkpoint} beside it nor in {_user_cache()}")

@@ -214,7 +214,7 @@ def deployed_memory(checkpoint: Path, inference: InferenceConfig, sparse: bool, 
     layout `inference` asks for: from its frozen file alone where the native step runs."""
     asked = [(p.prompt, p.difficulty) for p in problems]
     if engine_path().name == "native":
-        path = frozen_file(checkpoint, inference, sparse)
+        path = frozen_file(checkpoint, inference, sparse).path
         return in_fresh_process(answer_with_file, str(path), asked, dataclasses.asdict(inference), max_new_tokens,
                                 max_length, threads, what=what)
     return in_fresh_process(_answer_with_model, str(checkpoint), asked, dataclasses.asdict(inference), sparse,

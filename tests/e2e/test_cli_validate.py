@@ -1,10 +1,13 @@
-"""`ryot-ray validate` and `generate` driven as a user would."""
+"""`ryot-ray validate`, `generate` and `freeze` driven as a user would."""
 
 import json
+import shutil
 
 import pytest
 
+from native_marks import needs_native
 from ryot_ray.cli import main
+from ryot_ray.infer.engines import FROZEN_DIR
 from tests.e2e.test_cli_train import ryot_ray
 
 
@@ -84,3 +87,23 @@ def test_bad_prompts_file_and_checkpoint(capsys, tmp_path, trained_checkpoint):
     assert code == 2 and err == [f'ryot-ray: error: {prompts}:2: expected {{"prompt": "..."}}']
     code, _, err = run(capsys, "validate", "--checkpoint", str(tmp_path))
     assert code == 2 and "is not a ryot-ray checkpoint" in err[0]
+
+
+@needs_native
+def test_freeze_writes_the_frozen_file_once_and_generate_reuses_it(capsys, tmp_path, trained_checkpoint,
+                                                                   trained_reference):
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(trained_checkpoint, checkpoint, ignore=shutil.ignore_patterns(FROZEN_DIR))
+    code, out, _ = run(capsys, "freeze", "--checkpoint", str(checkpoint), "--set", "inference.tile_size=2")
+    frozen = sorted((checkpoint / FROZEN_DIR).iterdir())
+    assert code == 0 and out.startswith(f"froze: {frozen[0]}") and len(frozen) == 1
+    assert "tiles {'qkv': 2, 'o': 2, 'gate_up': 2, 'down': 2}" in out
+    code, out, _ = run(capsys, "freeze", "--checkpoint", str(checkpoint), "--set", "inference.tile_size=2")
+    assert code == 0 and out.startswith(f"already frozen, reused: {frozen[0]}")
+    stamp = frozen[0].stat().st_mtime_ns
+    code, *_ = run(capsys, "generate", "--checkpoint", str(checkpoint), "--prompt", "rev ab|", "--max-new-tokens",
+                   "4", "--set", "inference.tile_size=2")
+    assert code == 0 and sorted((checkpoint / FROZEN_DIR).iterdir()) == frozen
+    assert frozen[0].stat().st_mtime_ns == stamp
+    code, _, err = run(capsys, "freeze", "--checkpoint", str(trained_reference))
+    assert code == 2 and "freeze takes a BitNet checkpoint" in err[-1]

@@ -44,15 +44,18 @@ def test_without_the_library_the_models_own_forward_answers(trained_checkpoint, 
 @needs_native
 def test_frozen_file_is_made_once_per_layout_and_reused(trained_checkpoint):
     first = engines.frozen_file(trained_checkpoint, InferenceConfig(tile_size=2))
-    assert first.parent == trained_checkpoint / engines.FROZEN_DIR
-    stamp = first.stat().st_mtime_ns
-    assert engines.frozen_file(trained_checkpoint, InferenceConfig(tile_size=2)) == first
-    assert first.stat().st_mtime_ns == stamp  # reused, not frozen again
+    assert first.path.parent == trained_checkpoint / engines.FROZEN_DIR
+    assert first.made_from["tiles"] == {name: 2 for name in ("qkv", "o", "gate_up", "down")}
+    stamp = first.path.stat().st_mtime_ns
+    again = engines.frozen_file(trained_checkpoint, InferenceConfig(tile_size=2))
+    assert again.path == first.path and not again.made_now
+    assert first.path.stat().st_mtime_ns == stamp  # reused, not frozen again
     other = engines.frozen_file(trained_checkpoint, InferenceConfig(tile_size=2, int8_embeddings=True))
-    assert other != first
-    first.write_bytes(b"damaged")  # a damaged file is made again
-    assert engines.frozen_file(trained_checkpoint, InferenceConfig(tile_size=2)) == first
-    assert first.read_bytes()[:8] == b"RYOTFRZ1"
+    assert other.path != first.path and other.made_from["int8"]
+    first.path.write_bytes(b"damaged")  # a damaged file is made again
+    remade = engines.frozen_file(trained_checkpoint, InferenceConfig(tile_size=2))
+    assert remade.path == first.path and remade.made_now
+    assert first.path.read_bytes()[:8] == b"RYOTFRZ1"
 
 
 @needs_native
