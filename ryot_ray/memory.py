@@ -12,10 +12,32 @@ import ctypes
 import ctypes.util
 import gc
 import multiprocessing
+import os
 import queue as queue_module
 import resource
 from collections.abc import Callable
 from pathlib import Path
+
+TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+MMAP_THRESHOLD_BYTES = 4 * 2**20
+
+
+def training_allocator_env(huge_pages: Path = TRANSPARENT_HUGE_PAGES) -> dict[str, str]:
+    """Environment for a training process where the kernel gives transparent huge pages:
+    every allocation of 4 MiB or more gets a mapping of its own, returned to the system
+    when freed (glibc otherwise keeps freed tensors of up to 32 MiB in its heap, where they
+    raise the peak), and torch asks for huge pages there, so mapping it again costs little.
+    Measured on the Xeon (`farm-bench`-paired runs of two training steps): at `base`,
+    sequence 256, BitNet int8 peak RSS 3760 -> 2400 MB with wall time 0.98x; at `small`
+    (40 steps) no change in either. A 1 MiB threshold cost 3 % at `small`; without huge
+    pages a threshold cost 33 % more time at `base`, so nothing is set there."""
+    try:
+        modes = huge_pages.read_text()
+    except OSError:
+        return {}
+    if "[always]" not in modes and "[madvise]" not in modes:
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES), "THP_MEM_ALLOC_ENABLE": "1"}
 
 
 def start_measuring() -> bool:
@@ -48,13 +70,23 @@ def _child(work: Callable, args: tuple, queue) -> None:
     queue.put(work(*args))
 
 
-def in_fresh_process(work: Callable, *args, what: str = "memory measurement"):
-    """`work(*args)` in a spawned process; its return value. `work` calls
-    `start_measuring()` after its setup and returns `peak_rss_mb()` with its figures."""
+def in_fresh_process(work: Callable, *args, what: str = "memory measurement", env: dict[str, str] | None = None):
+    """`work(*args)` in a spawned process (with `env` added to its environment); its return
+    value. `work` calls `start_measuring()` after its setup and returns `peak_rss_mb()`
+    with its figures."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_child, args=(work, args, queue))
-    child.start()
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
+    try:
+        child.start()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
     while True:
         try:
             result = queue.get(timeout=5)

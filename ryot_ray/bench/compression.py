@@ -24,7 +24,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from ryot_ray.bench import sequence_text
 from ryot_ray.infer.speed import digit_prompt
-from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring
+from ryot_ray.memory import in_fresh_process, peak_rss_mb, start_measuring, training_allocator_env
 from ryot_ray.progress_bar import progress
 from ryot_ray.stats import spread
 from ryot_ray.config import Config, ModelConfig
@@ -140,17 +140,19 @@ def gradient_errors(config: Config, sequence: int | None = None) -> dict[str, fl
 def training_memory(config: Config, rounds: int = 3, steps: int = 2, threads: int = 1,
                     variants: tuple[str, ...] = MEMORY_VARIANTS, sequence: int | None = None) -> dict:
     """`sequence`: rows of that many tokens packed from the examples (None: the examples
-    as they are)."""
+    as they are). Each variant's process gets the allocator settings a training worker
+    gets (`training_allocator_env`)."""
     if variants[0] != "reference":
         raise ValueError("the reference comes first: every variant is compared with it")
     errors = gradient_errors(config, sequence)  # first: a bad sequence fails here, not in a child
     rss: dict[str, list[float]] = {name: [] for name in variants}
     saved: dict[str, list[float]] = {name: [] for name in variants}
     resets = []
+    allocator = training_allocator_env()
     for round_ in progress(range(rounds), "training memory rounds"):
         for name in variants if round_ % 2 == 0 else variants[::-1]:
             peak, held, reset = in_fresh_process(_train_steps, config.to_dict(), name, steps, threads, sequence,
-                                                 what=f"{name} training memory")
+                                                 what=f"{name} training memory", env=allocator)
             rss[name].append(peak)
             saved[name].append(held)
             resets.append(reset)
@@ -163,6 +165,7 @@ def training_memory(config: Config, rounds: int = 3, steps: int = 2, threads: in
         # where the kernel refuses the reset (no /proc/self/clear_refs), the peak includes
         # building the model and the first step
         "peak_rss_covers": "the timed steps only" if all(resets) else "the whole process, setup included",
+        "allocator_env": allocator,
         "variants": {
             name: {
                 "peak_rss_mb": spread(rss[name]),
@@ -257,7 +260,8 @@ def table(result: dict) -> str:
     lines = [f"training memory, preset {memory['preset']}, batch {memory['batch_size']}, "
              f"{sequence_text(memory['sequence'])}, {memory['steps']} steps "
              f"in a fresh process per variant, {result['rounds']} rounds; peak RSS covers "
-             f"{memory['peak_rss_covers']}",
+             f"{memory['peak_rss_covers']}; allocator: "
+             + (" ".join(f"{k}={v}" for k, v in memory["allocator_env"].items()) or "glibc's defaults (no huge pages)"),
              f"{'variant':<16}{'peak RSS MB':>12}{'vs ref':>8}{'saved for backward MB':>24}{'vs ref':>8}"]
     for name, v in memory["variants"].items():
         lines.append(f"{name:<16}{v['peak_rss_mb']['median']:>12.0f}{v['peak_rss_vs_reference']:>8.2f}"

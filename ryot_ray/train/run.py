@@ -25,6 +25,7 @@ from ray.train.torch import TorchTrainer
 from ryot_ray.atomic import write_json_atomic
 from ryot_ray.config import Config
 from ryot_ray.machine import machine_facts
+from ryot_ray.memory import training_allocator_env
 from ryot_ray.train.experiment import CONFIG_FILE
 from ryot_ray.train.checkpoint import CheckpointError, TrainingState, atomic_directory, read_checkpoint_record
 from ryot_ray.train.loop import train_loop_per_worker
@@ -76,6 +77,7 @@ def torch_trainer(config: Config, loop, name: str, storage: str, callbacks: tupl
             # Train's own INFO lines (resources requested, worker group started, model
             # moved to cpu, checkpoint created) stay in the session's log files
             logging_config=LoggingConfig(log_level="WARNING"),
+            worker_runtime_env={"env_vars": training_allocator_env()},
         ),
     )
 

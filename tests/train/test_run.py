@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from ryot_ray.cli import main
+from ryot_ray.config import load_config
 from ryot_ray.data.examples import encode_problem, evaluation_problems
 from ryot_ray.train.checkpoint import load_checkpoint
 from ryot_ray.train.evaluate import exact_match, mean_loss
-from ryot_ray.train.run import REPORT_FILE, run_training
+from ryot_ray.memory import training_allocator_env
+from ryot_ray.train.run import REPORT_FILE, run_training, torch_trainer
 
 pytestmark = pytest.mark.ray
 
@@ -75,3 +77,8 @@ def test_the_run_is_in_ray_train_s_state_by_the_experiment_s_name(first_run):
     assert len(runs) == 1 and runs[0].status == "FINISHED"
     (attempt,) = ray.get(get_state_actor().get_train_run_attempts.remote())[runs[0].id].values()
     assert len(attempt.workers) == 2
+
+
+def test_train_workers_get_the_allocator_settings_of_this_machine():
+    trainer = torch_trainer(load_config("configs/smoke.yaml"), lambda config: None, "allocator", "/tmp/unused")
+    assert trainer.run_config.worker_runtime_env == {"env_vars": training_allocator_env()}
