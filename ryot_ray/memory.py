@@ -27,10 +27,10 @@ def training_allocator_env(huge_pages: Path = TRANSPARENT_HUGE_PAGES) -> dict[st
     every allocation of 4 MiB or more gets a mapping of its own, returned to the system
     when freed (glibc otherwise keeps freed tensors of up to 32 MiB in its heap, where they
     raise the peak), and torch asks for huge pages there, so mapping it again costs little.
-    Measured on the Xeon (`farm-bench`-paired runs of two training steps): at `base`,
-    sequence 256, BitNet int8 peak RSS 3760 -> 2400 MB with wall time 0.98x; at `small`
-    (40 steps) no change in either. A 1 MiB threshold cost 3 % at `small`; without huge
-    pages a threshold cost 33 % more time at `base`, so nothing is set there."""
+    Paired runs (commit 3fe6808) found the peak lower at `base` and the time unchanged at
+    `base` and `small` with 4 MiB; a 1 MiB threshold cost time at `small`, and without huge
+    pages any threshold cost time, so nothing is set there. `bench compression` prints the
+    settings its processes ran with."""
     try:
         modes = huge_pages.read_text()
     except OSError:

@@ -21,8 +21,9 @@ def activation_compression(model: nn.Module, batch: dict) -> dict:
 
     def capture(name: str):
         def hook(layer: BitLinear, args: tuple, output: torch.Tensor) -> None:
-            x, codes, scale = layer.quantize_input(args[0])
-            saved = layer.saver.pack(x, codes.to(torch.int8), scale)
+            width = args[0].shape[-1]
+            x, codes, scale, _ = layer.steps.norm_quantize(args[0], layer.norm.weight[:width], layer.norm.eps, True)
+            saved = layer.saver.pack(x, codes, scale)
             _, rebuilt = layer.saver.unpack(saved, x.shape[-1], layer.steps, torch.float32)
             totals = sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])
             for index, value in enumerate((32 * x.numel(), stored_bits(saved),

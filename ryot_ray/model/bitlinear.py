@@ -19,12 +19,11 @@ inputs as `x` has): the nested widths of a Matryoshka FFN share one weight that 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ryot_ray.model.compression import BACKWARD_DTYPE, SAVERS, FusedBitLinear
+from ryot_ray.model.quantize import ternarize
 from ryot_ray.model.steps import DEFAULT_STEPS, Steps
-from ryot_ray.model.quantize import int8_activations, ternarize
 
 
 class BitLinear(nn.Linear):
@@ -47,12 +46,6 @@ class BitLinear(nn.Linear):
         if linear.bias is not None:
             layer.bias.data.copy_(linear.bias.data)
         return layer
-
-    def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(normalized x, its int8 codes, per-token scales), over as many inputs as x has."""
-        cols = x.shape[-1]
-        x = F.rms_norm(x, (cols,), self.norm.weight[:cols], self.norm.eps)
-        return x, *int8_activations(x.detach())
 
     def ternary_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weight's int8 ternary codes and scale, made again only when the weight changed."""

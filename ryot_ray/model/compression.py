@@ -146,7 +146,8 @@ class FusedBitLinear(torch.autograd.Function):
         normed, codes, scale, rstd = steps.norm_quantize(x, norm_weight, eps, training and saver.keeps_normed)
         if training:
             saved = saver.pack(normed, codes, scale)
-            ctx.saver, ctx.count, ctx.has_bias, ctx.dtype, ctx.steps = saver, len(saved), bias is not None, backward_dtype, steps
+            ctx.saver, ctx.count, ctx.has_bias = saver, len(saved), bias is not None
+            ctx.dtype, ctx.steps = backward_dtype, steps
             ctx.save_for_backward(*saved, rstd, norm_weight, weight_codes, weight_scale)
         return integer_linear(codes, scale, weight_codes, weight_scale, bias, steps)
 

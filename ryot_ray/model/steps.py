@@ -85,6 +85,7 @@ class Steps:
 
 TORCH_STEPS = Steps("torch", _rms_norm, _norm_quantize, _scale_sums, _requantize, _quantize, _dequantize,
                     _subln_backward, _silu_mul, _silu_mul_backward)
-NATIVE_STEPS = Steps("native", native.rms_norm, native.norm_quantize, native.scale_sums, native.requantize, native.quantize,
-                     native.dequantize, native.subln_backward, native.silu_mul, native.silu_mul_backward)
+NATIVE_STEPS = Steps("native", native.rms_norm, native.norm_quantize, native.scale_sums, native.requantize,
+                     native.quantize, native.dequantize, native.subln_backward, native.silu_mul,
+                     native.silu_mul_backward)
 DEFAULT_STEPS = NATIVE_STEPS if native.vectorized() else TORCH_STEPS

@@ -56,7 +56,8 @@ def test_norm_steps_and_their_backward(width, threads):
     for grad in (torch.randn(3, 21, width), torch.randn(3, 21, width).bfloat16()):
         # a BitLinear's SubLN (the input rebuilt from the normalized one) and a plain RMSNorm (x itself)
         for source, inverse, scaled in ((normed, 1 / weight, weight * weight_scale), (x, None, weight)):
-            got, want = (steps.subln_backward(grad, source, rstd, inverse, scaled) for steps in (NATIVE_STEPS, TORCH_STEPS))
+            got, want = (steps.subln_backward(grad, source, rstd, inverse, scaled)
+                         for steps in (NATIVE_STEPS, TORCH_STEPS))
             assert torch.allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
             assert torch.allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
 
