@@ -4,7 +4,8 @@ The `quantization` knob picks the linear layer when the model is built: `bitnet`
 every linear inside the decoder blocks into a `BitLinear` (keeping the activations for
 backward as `activation_compression` says) and every MLP into a `MatryoshkaMLP`
 (`mrl_depth` nested widths, `sparse_k` activations kept, its SiLU gate keeping its inputs
-as `activation_compression` says) and runs the decoder's RMSNorms as fused steps; `none`
+as `activation_compression` says) and runs the decoder's RMSNorms as fused steps; with
+activations compressed, attention keeps its inputs in bf16 (`attention.py`); `none`
 keeps `nn.Linear` and autograd, the dense full-precision reference of the same
 architecture. Embeddings and `lm_head` stay fp32.
 """
@@ -18,6 +19,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from ryot_ray.config import ModelConfig
+from ryot_ray.model.attention import use_recomputed_attention
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.matryoshka import to_matryoshka
 from ryot_ray.model.norm import fuse_norms
@@ -55,12 +57,15 @@ def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig
 
 def to_bitnet(model: LlamaForCausalLM, config: ModelConfig) -> LlamaForCausalLM:
     """Swap every nn.Linear inside the decoder blocks for a BitLinear with the same
-    weights, nest the MLPs and fuse the RMSNorms."""
+    weights, nest the MLPs, fuse the RMSNorms and, where activations are compressed, keep
+    attention's inputs in bf16."""
     for module in list(model.model.layers.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, BitLinear.from_linear(child, config.activation_compression))
-    return fuse_norms(to_matryoshka(model, config.mrl_depth, config.sparse_k, config.activation_compression))
+    compression = config.activation_compression
+    model = fuse_norms(to_matryoshka(model, config.mrl_depth, config.sparse_k, compression), compression)
+    return model if compression == "none" else use_recomputed_attention(model)
 
 
 LINEAR_BUILDERS: dict[str, Callable[[LlamaForCausalLM, ModelConfig], LlamaForCausalLM]] = {

@@ -21,7 +21,9 @@ What the function keeps of the activations is the `activation_compression` knob,
   lossy everywhere the activations are used.
 Each saver also says how the FFN's silu(gate) · up (`matryoshka.SiluMul`) keeps its two
 inputs (its `ffn_keeper`): in fp32 for `none` (autograd would keep three tensors), as
-int8 codes for `int8` and `binary`, rounded as the activations are.
+int8 codes for `int8` and `binary`, rounded as the activations are; and how the decoder's
+RMSNorms keep theirs (`norm_keeper`, `norm.RMSNormFunction`): fp32 for `none`, bf16 for
+the others (attention keeps bf16 inputs there too: `attention.py`).
 """
 
 from __future__ import annotations
@@ -39,13 +41,23 @@ BACKWARD_DTYPE = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() 
 
 
 class Fp32Keeper:
-    """An FFN gate input kept as it is."""
+    """An input kept as it is."""
 
     def keep(self, x: torch.Tensor, steps: Steps) -> tuple[torch.Tensor, ...]:
         return (x,)
 
     def restore(self, saved: tuple[torch.Tensor, ...], steps: Steps) -> torch.Tensor:
         return saved[0]
+
+
+class Bf16Keeper:
+    """An input kept rounded to bf16: half the bytes, 8 bits of mantissa."""
+
+    def keep(self, x: torch.Tensor, steps: Steps) -> tuple[torch.Tensor, ...]:
+        return (x.to(torch.bfloat16),)
+
+    def restore(self, saved: tuple[torch.Tensor, ...], steps: Steps) -> torch.Tensor:
+        return saved[0].float()
 
 
 class Int8Keeper:
@@ -64,6 +76,7 @@ class Fp32Saver:
     name = "none"
     keeps_normed = True  # pack needs the normalized input
     ffn_keeper = Fp32Keeper()  # how the FFN's silu(gate) · up keeps its inputs
+    norm_keeper = Fp32Keeper()  # how the decoder's RMSNorms keep theirs
 
     def pack(self, normed: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (normed,)
@@ -78,6 +91,7 @@ class Int8Saver:
     name = "int8"
     keeps_normed = False
     ffn_keeper = Int8Keeper()
+    norm_keeper = Bf16Keeper()  # the residual stream: int8 would lose its small values
 
     def pack(self, normed: torch.Tensor | None, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return codes, scale
@@ -92,6 +106,7 @@ class BinarySaver:
     name = "binary"
     keeps_normed = False
     ffn_keeper = Int8Keeper()  # the gate's sign alone would lose the SiLU's slope
+    norm_keeper = Bf16Keeper()
 
     def pack(self, normed: torch.Tensor | None, codes: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
         signs = F.pad(codes >= 0, (0, -codes.shape[-1] % 8)).unflatten(-1, (-1, 8))
