@@ -9,8 +9,8 @@ forward per layer. The gradients are those of the bf16-rounded inputs (`bench
 compression` reports the error against plain autograd).
 
 It is the attention of a model whose `activation_compression` is not `none`, picked when
-the model is built (`use_recomputed_attention`), under the name `ATTENTION` in
-transformers' attention registry; evaluation and generation (no gradient) run `sdpa`.
+the model is built (`pick_attention`), under the name `ATTENTION` in transformers'
+attention registry; evaluation and generation (no gradient) run `sdpa`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,6 @@ AttentionInterface.register(ATTENTION, recomputed_attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the same masks as `sdpa`
 
 
-def use_recomputed_attention(model: PreTrainedModel) -> PreTrainedModel:
-    model.set_attn_implementation(ATTENTION)
+def pick_attention(model: PreTrainedModel, activation_compression: str) -> PreTrainedModel:
+    model.set_attn_implementation("sdpa" if activation_compression == "none" else ATTENTION)
     return model

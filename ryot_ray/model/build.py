@@ -12,6 +12,7 @@ architecture. Embeddings and `lm_head` stay fp32.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from ryot_ray.config import ModelConfig
-from ryot_ray.model.attention import use_recomputed_attention
+from ryot_ray.model.attention import pick_attention
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.matryoshka import to_matryoshka
 from ryot_ray.model.norm import fuse_norms
@@ -57,15 +58,13 @@ def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig
 
 def to_bitnet(model: LlamaForCausalLM, config: ModelConfig) -> LlamaForCausalLM:
     """Swap every nn.Linear inside the decoder blocks for a BitLinear with the same
-    weights, nest the MLPs, fuse the RMSNorms and, where activations are compressed, keep
-    attention's inputs in bf16."""
+    weights, nest the MLPs and fuse the RMSNorms."""
     for module in list(model.model.layers.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, BitLinear.from_linear(child, config.activation_compression))
     compression = config.activation_compression
-    model = fuse_norms(to_matryoshka(model, config.mrl_depth, config.sparse_k, compression), compression)
-    return model if compression == "none" else use_recomputed_attention(model)
+    return fuse_norms(to_matryoshka(model, config.mrl_depth, config.sparse_k, compression), compression)
 
 
 LINEAR_BUILDERS: dict[str, Callable[[LlamaForCausalLM, ModelConfig], LlamaForCausalLM]] = {
@@ -89,11 +88,11 @@ def build_model(
     `weights` (a full-precision state dict of the same shapes) replace those before the
     linears are swapped, so a BitNet model can start from a trained fp32 one."""
     if llama is not None:
-        model = LlamaForCausalLM(llama)
+        model = LlamaForCausalLM(copy.deepcopy(llama))  # a model changes its config (attention): its own
     elif config.pretrained:
         model = LlamaForCausalLM.from_pretrained(config.pretrained, dtype="float32", use_safetensors=True)
     else:
         model = LlamaForCausalLM(llama_config(config.preset, tokenizer))
     if weights is not None:
         model.load_state_dict(weights)
-    return LINEAR_BUILDERS[config.quantization](model, config)
+    return pick_attention(LINEAR_BUILDERS[config.quantization](model, config), config.activation_compression)

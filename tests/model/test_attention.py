@@ -64,3 +64,10 @@ def test_compressed_activations_pick_the_recomputed_attention(compression, atten
     batch = build_char_tokenizer()(["1+1=2", "12+30=42"], padding=True, return_tensors="pt")
     model(**batch, labels=batch["input_ids"]).loss.backward()
     assert all(p.grad is not None for p in model.model.layers[0].self_attn.parameters())
+
+
+def test_a_model_built_from_another_s_config_picks_its_own_attention():
+    tokenizer = build_char_tokenizer()
+    compressed = build_model(ModelConfig(preset="tiny", activation_compression="int8"), tokenizer)
+    reference = build_model(ModelConfig(preset="tiny", quantization="none"), tokenizer, llama=compressed.config)
+    assert (compressed.config._attn_implementation, reference.config._attn_implementation) == (ATTENTION, "sdpa")
