@@ -83,6 +83,7 @@ typedef struct {
     float *normed, *xscale, *scores, *row;
     int8_t *xq;
     int32_t *xsum, *index;
+    int32_t *partial; /* a column linear's sums over this thread's kept columns: rows x padded outputs */
     uint32_t *words;
     uint8_t *unpack;
 } scratch;
@@ -289,12 +290,25 @@ static void linear_run(ryot_engine *e, const ryot_linear *lin, const layout *lay
             memory += lay->tiles[s];
         }
     } else if (lin->kind == LINEAR_COLUMNS) {
+        /* Threads split the kept columns, each reading whole columns into accumulators of its
+         * own (thread 0: acc), then split the rows to add those up. Split by rows instead,
+         * each thread would have the other's half of every column it reads fetched too. */
         const int64_t n_padded = round_up(lin->rows[0], RYOT_COLUMN_BLOCK), keep4 = round_up(keep, 4);
+        int64_t q0, q1;
+        part(keep4 / 4, me, count, &q0, &q1);
+        for (int64_t m = 0; m < rows; m++) {
+            int32_t *mine = me == 0 ? acc + m * acc_stride : e->own[me].partial + m * n_padded;
+            ryot_column_blocks(xq_at(e, p, 0, m, keep4) + 4 * q0, p.index + m * e->width_max + 4 * q0, 4 * (q1 - q0),
+                               (const uint8_t *)lin->data, n_padded, 0, n_padded / RYOT_COLUMN_BLOCK, e->isa, mine);
+        }
+#pragma omp barrier
         part(n_padded / RYOT_COLUMN_BLOCK, me, count, &first, &last);
         for (int64_t m = 0; m < rows; m++) {
             int32_t *a = acc + m * acc_stride;
-            ryot_column_blocks(xq_at(e, p, 0, m, keep4), p.index + m * e->width_max, keep4, (const uint8_t *)lin->data,
-                               n_padded, first, last, e->isa, a);
+            for (int t = 1; t < count; t++) {
+                const int32_t *theirs = e->own[t].partial + m * n_padded;
+                for (int64_t n = first * RYOT_COLUMN_BLOCK; n < last * RYOT_COLUMN_BLOCK; n++) a[n] += theirs[n];
+            }
             const float factor = lin->scale[0] / p.xscale[m];
             const int32_t sum = p.xsum[m];
             float *y = out + m * out_stride;
@@ -537,7 +551,7 @@ void ryot_engine_free(ryot_engine *e) {
         for (int t = 0; t < e->threads; t++) {
             scratch *s = &e->own[t];
             free(s->normed), free(s->xscale), free(s->scores), free(s->row), free(s->xq), free(s->xsum);
-            free(s->index), free(s->words), free(s->unpack);
+            free(s->index), free(s->partial), free(s->words), free(s->unpack);
         }
     free(e->own), free(e->layouts), free(e->keys), free(e->values), free(e->hidden), free(e->normed);
     free(e->qkv), free(e->attn), free(e->ffn), free(e->act), free(e->xscale), free(e->xq), free(e->xsum);
@@ -599,13 +613,15 @@ ryot_engine *ryot_engine_new(const ryot_model *md, int64_t slots, int64_t max_le
     e->layouts = calloc((size_t)(md->layers * 4 + 1), sizeof(layout));
     e->own = calloc((size_t)threads, sizeof(scratch));
     if (!e->layouts || !e->own) return ryot_engine_free(e), NULL;
-    int64_t acc_cols = 0, unpack = 0;
+    int64_t acc_cols = 0, unpack = 0, column_outputs = 0;
     for (int64_t l = 0; l < md->layers; l++) {
         const ryot_linear *lins[4] = {&md->layer[l].qkv, &md->layer[l].o, &md->layer[l].gate_up, &md->layer[l].down};
         for (int i = 0; i < 4; i++) {
             layout *lay = layout_at(e, l, i);
             *lay = layout_of(lins[i]);
             acc_cols = max64(acc_cols, lay->padded_rows);
+            if (lins[i]->kind == LINEAR_COLUMNS)
+                column_outputs = max64(column_outputs, round_up(lins[i]->rows[0], RYOT_COLUMN_BLOCK));
             if (lins[i]->kind == LINEAR_TERNARY) unpack = max64(unpack, ryot_unpack_bytes(lay->k_padded, lins[i]->rows_per_tile));
         }
     }
@@ -636,8 +652,9 @@ ryot_engine *ryot_engine_new(const ryot_model *md, int64_t slots, int64_t max_le
         s->index = malloc(sizeof(int32_t) * own_rows * (size_t)e->width_max);
         s->scores = malloc(f * (size_t)max_len), s->row = malloc(f * (size_t)width);
         s->words = malloc(sizeof(uint32_t) * 3 * (size_t)inter), s->unpack = malloc((size_t)max64(unpack, 64));
+        s->partial = malloc(sizeof(int32_t) * r * (size_t)max64(column_outputs, 1));
         if (!s->normed || !s->xscale || !s->xsum || !s->xq || !s->index || !s->scores || !s->row || !s->words ||
-            !s->unpack)
+            !s->unpack || !s->partial)
             return ryot_engine_free(e), NULL;
     }
     *status = 0;

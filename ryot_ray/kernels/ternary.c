@@ -819,7 +819,9 @@ void ryot_column_blocks(const int8_t *xq, const int32_t *index, int64_t keep4, c
 
 /* Integer accumulators sum_i w[n, index[i]] * xq[i] for each token (keep entries a token),
  * the exact core of the sparse path, exposed for tests. acc has m_rows x n_padded
- * entries; threads split the row blocks. */
+ * entries. Threads split the kept columns (whole columns each: split by row blocks, the
+ * prefetchers fetch each thread the other's half of every column too), summing into
+ * accumulators of their own, then split the rows to add them up. */
 int ryot_sparse_accumulate(const int8_t *xq, const int32_t *index, int64_t m_rows, int64_t keep,
                            const uint8_t *columns, int64_t n_padded, int isa, int threads, int32_t *acc) {
     if (keep < 0 || keep >= 1 << 17 || n_padded % COLUMN_BLOCK || threads < 1) return -1;
@@ -827,9 +829,11 @@ int ryot_sparse_accumulate(const int8_t *xq, const int32_t *index, int64_t m_row
     const int64_t keep4 = (keep + 3) / 4 * 4, blocks = n_padded / COLUMN_BLOCK;
     int8_t *xq4 = calloc((size_t)(m_rows * keep4), 1); /* padding: activation 0 on column 0 */
     int32_t *index4 = calloc((size_t)(m_rows * keep4), sizeof(int32_t));
-    if (!xq4 || !index4) {
+    int32_t *partial = malloc(sizeof(int32_t) * (size_t)((threads - 1) * m_rows * n_padded + 1)); /* threads 1.. */
+    if (!xq4 || !index4 || !partial) {
         free(xq4);
         free(index4);
+        free(partial);
         return -3;
     }
     for (int64_t m = 0; m < m_rows; m++) {
@@ -838,18 +842,28 @@ int ryot_sparse_accumulate(const int8_t *xq, const int32_t *index, int64_t m_row
     }
 #pragma omp parallel num_threads(threads)
     {
-        const int64_t count = omp_get_num_threads(), me = omp_get_thread_num();
+        const int64_t count = omp_get_num_threads(), me = omp_get_thread_num(), quads = keep4 / 4;
+        const int64_t c0 = 4 * (quads * me / count), c1 = 4 * (quads * (me + 1) / count);
+        int32_t *mine = me == 0 ? acc : partial + (me - 1) * m_rows * n_padded;
+        for (int64_t m = 0; m < m_rows; m++)
+            ryot_column_blocks(xq4 + m * keep4 + c0, index4 + m * keep4 + c0, c1 - c0, columns, n_padded, 0, blocks,
+                               isa, mine + m * n_padded);
+#pragma omp barrier
         const int64_t b0 = blocks * me / count, b1 = blocks * (me + 1) / count;
         for (int64_t m = 0; m < m_rows; m++) {
             int32_t *out = acc + m * n_padded;
-            ryot_column_blocks(xq4 + m * keep4, index4 + m * keep4, keep4, columns, n_padded, b0, b1, isa, out);
             int32_t total = 0; /* the codes are w + 1 */
             for (int64_t i = 0; i < keep; i++) total += xq[m * keep + i];
-            for (int64_t n = b0 * COLUMN_BLOCK; n < b1 * COLUMN_BLOCK; n++) out[n] -= total;
+            for (int64_t n = b0 * COLUMN_BLOCK; n < b1 * COLUMN_BLOCK; n++) {
+                int32_t sum = out[n] - total;
+                for (int64_t t = 1; t < count; t++) sum += partial[((t - 1) * m_rows + m) * n_padded + n];
+                out[n] = sum;
+            }
         }
     }
     free(xq4);
     free(index4);
+    free(partial);
     return 0;
 }
 
