@@ -39,6 +39,7 @@ MAX_DIFFICULTY = 4
 MAX_MRL_DEPTH = 6
 ACTIVATION_COMPRESSION = ("none", "int8", "binary")
 MODEL_PRESETS = ("tiny", "small", "base", "1b")  # their shapes: ryot_ray.model.build.PRESETS
+ARCHITECTURES = ("llama", "bitnet")  # their builders: ryot_ray.model.build.ARCHITECTURES
 
 
 @dataclass
@@ -70,6 +71,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     preset: str = field(default="small", metadata=_choices(*MODEL_PRESETS))
+    # llama: the Llama block, a BitLinear norming its own input (SubLN); bitnet: the BitNet
+    # b1.58 2B4T block of `transformers` (sub-norms before o_proj and down_proj, squared ReLU)
+    architecture: str = field(default="llama", metadata=_choices(*ARCHITECTURES))
     # bitnet: every decoder linear is a BitLinear (b1.58 QAT); none: the fp32 reference.
     quantization: str = field(default="bitnet", metadata=_choices("bitnet", "none"))
     # A Llama checkpoint to start from: a local directory, or a hub name for users online.
@@ -222,6 +226,12 @@ def _check_compression_knobs(config: Config, source: Path) -> None:
         raise ConfigError(f"{source}: inference.ffn_level: {config.inference.ffn_level} needs model.mrl_depth "
                           f"above it (the model has {model.mrl_depth} nested width(s))")
     _check_tile(config.inference.tile_size, source)
+    if model.architecture == "bitnet":
+        for name, unused in (("mrl_depth", model.mrl_depth == 1), ("sparse_k", model.sparse_k == 1),
+                             ("pretrained", model.pretrained is None)):
+            if not unused:
+                raise ConfigError(f"{source}: model.{name} is not built for architecture bitnet yet "
+                                  "(it runs on the llama architecture)")
     knobs = (model.mrl_depth > 1, model.sparse_k != 1, model.activation_compression != "none")
     if model.quantization != "bitnet" and any(knobs):
         raise ConfigError(f"{source}: model.mrl_depth, sparse_k and activation_compression are BitNet knobs; "

@@ -39,7 +39,7 @@ from ryot_ray.kernels.ternary import kernel_path, native_isas, native_linear, na
 from ryot_ray.machine import machine_facts
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.build import PRESETS, build_model
-from ryot_ray.model.compression import BACKWARD_DTYPE, plain_autograd
+from ryot_ray.model.compression import BACKWARD_DTYPE
 from ryot_ray.model.matryoshka import ActivationGate, SiluGate
 from ryot_ray.model.norm import FusedRMSNorm
 from ryot_ray.train.loop import build_optimizer
@@ -108,7 +108,7 @@ def _plain_autograd(model: nn.Module) -> nn.Module:
     RMSNorms, silu(gate) · up in torch operations; the same weights."""
     for module in list(model.modules()):
         if isinstance(module, BitLinear):
-            module.quantized_linear = plain_autograd
+            module.quantized_linear = module.reference
         for name, child in list(module.named_children()):
             if isinstance(child, FusedRMSNorm):
                 norm = LlamaRMSNorm(child.weight.shape[0], child.variance_epsilon)

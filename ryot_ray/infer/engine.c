@@ -1,4 +1,8 @@
 /* The whole step of a Llama-architecture model in one call, on one team of threads.
+ * (The BitNet b1.58 2B4T block is one too: its linears' inputs are normed by the block,
+ * so its layers have no block norms (NULL) and every ternary linear has the gain of the
+ * norm before it; its sub-norms before o and down are gains of those linears, also of
+ * fp32 ones in its reference; its FFN multiplies relu(gate)^2, not silu(gate), by up.)
  *
  * A call takes rows (token, sequence slot, position): the prompts of a prefill or one
  * token per sequence in decode, mixed as the caller likes. Every row writes its key and
@@ -30,6 +34,7 @@
 #include "kernels.h"
 
 enum { LINEAR_TERNARY = 0, LINEAR_COLUMNS = 1, LINEAR_FP32 = 2, LINEAR_INT8 = 3 };
+enum { FFN_SILU = 0, FFN_RELU2 = 1 };
 enum { KV_FP32 = 0, KV_FP16 = 1 };
 #define MAX_SEGMENTS 3
 /* Phases of a step, timed on thread 0 when profiling is on (each ends at a barrier). */
@@ -59,7 +64,8 @@ typedef struct {
 typedef struct {
     int64_t hidden, intermediate, layers, heads, kv_heads, head_dim, vocab, positions;
     float norm_eps;  /* the block's RMSNorms */
-    float subln_eps; /* the ternary linears' own RMSNorms */
+    float subln_eps; /* the ternary linears' own RMSNorms, and the fp32 linears' sub-norms */
+    int32_t ffn_activation; /* FFN_SILU or FFN_RELU2 */
     int32_t embed_int8;
     const void *embed;        /* [vocab, hidden] fp32, or int8 with one scale per row */
     const float *embed_scale; /* int8 table: per-row scales */
@@ -467,20 +473,33 @@ static void block(ryot_engine *e, int64_t l, int64_t rows, const int32_t *slots,
     const int64_t q_dim = md->heads * md->head_dim, qkv_dim = q_dim + 2 * md->kv_heads * md->head_dim;
     const share sh = rows_for(me, count, rows);
 
-    float *x = normed_rows(e, e->hidden, h, NULL, layer->attn_norm, &sh);
+    float *x = layer->attn_norm ? normed_rows(e, e->hidden, h, NULL, layer->attn_norm, &sh) : e->hidden;
     linear(e, &layer->qkv, layout_at(e, l, 0), x, h, rows, h, qkv_dim, 0, e->qkv, qkv_dim, 0, &sh);
     charge(e, PHASE_QKV, me);
     attention(e, l, rows, slots, positions, me, count);
+    if (layer->o.kind == LINEAR_FP32 && layer->o.gain[0]) { /* the sub-norm before an fp32 o */
+        int64_t first, last;
+        part(rows, me, count, &first, &last);
+        for (int64_t m = first; m < last; m++)
+            ryot_rms_norm(e->attn + m * q_dim, q_dim, layer->o.gain[0], md->subln_eps, e->attn + m * q_dim, e->isa);
+#pragma omp barrier
+    }
     charge(e, PHASE_ATTENTION, me);
     linear(e, &layer->o, layout_at(e, l, 1), e->attn, q_dim, rows, q_dim, h, 0, e->hidden, h, 1, &sh);
     charge(e, PHASE_O, me);
 
-    x = normed_rows(e, e->hidden, h, NULL, layer->ffn_norm, &sh);
+    x = layer->ffn_norm ? normed_rows(e, e->hidden, h, NULL, layer->ffn_norm, &sh) : e->hidden;
     linear(e, &layer->gate_up, layout_at(e, l, 2), x, h, rows, h, width, 0, e->ffn, 2 * inter, 0, &sh);
     charge(e, PHASE_GATE_UP, me);
     float *act = sh.own ? e->own[me].normed : e->act;
-    for (int64_t m = sh.r0; m < sh.r1; m++)
-        ryot_silu_mul(e->ffn + m * 2 * inter, e->ffn + m * 2 * inter + inter, width, act + m * width, e->isa);
+    const float *down_norm = layer->down.kind == LINEAR_FP32 ? layer->down.gain[0] : NULL; /* an fp32 down's sub-norm */
+    for (int64_t m = sh.r0; m < sh.r1; m++) {
+        const float *gate = e->ffn + m * 2 * inter, *up = gate + inter;
+        float *out = act + m * width;
+        if (md->ffn_activation == FFN_RELU2) ryot_relu2_mul(gate, up, width, out);
+        else ryot_silu_mul(gate, up, width, out, e->isa);
+        if (down_norm) ryot_rms_norm(out, width, down_norm, md->subln_eps, out, e->isa);
+    }
     linear(e, &layer->down, layout_at(e, l, 3), act, width, rows, width, h, keep, e->hidden, h, 1, &sh);
     charge(e, PHASE_DOWN, me);
 }
@@ -581,7 +600,8 @@ ryot_engine *ryot_engine_new(const ryot_model *md, int64_t slots, int64_t max_le
     *status = -1;
     if (slots < 1 || max_len < 1 || max_rows < 1 || threads < 1 || (kv_kind != KV_FP32 && kv_kind != KV_FP16))
         return NULL;
-    if (md->heads < 1 || md->kv_heads < 1 || md->heads % md->kv_heads || md->head_dim % 2 || max_len > md->positions)
+    if (md->heads < 1 || md->kv_heads < 1 || md->heads % md->kv_heads || md->head_dim % 2 || max_len > md->positions ||
+        (md->ffn_activation != FFN_SILU && md->ffn_activation != FFN_RELU2))
         return NULL;
     const int64_t h = md->hidden, inter = md->intermediate, q_dim = md->heads * md->head_dim;
     const int64_t kv_dim = md->kv_heads * md->head_dim;

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM
+from transformers import PreTrainedModel
 
 from ryot_ray.infer.model_file import FrozenModel
 from ryot_ray.kernels.autotune import load_cache, tile_for, tokens_for
@@ -27,6 +27,9 @@ from ryot_ray.kernels.pack import pack_int8_rows, pack_ternary, pack_ternary_col
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.matryoshka import MatryoshkaMLP, TopK
 from ryot_ray.model.quantize import EPS, ternarize
+
+
+FFN_ACTIVATIONS = {"llama": "silu", "bitnet": "relu2"}  # the architectures the native step runs
 
 
 class FreezeError(ValueError):
@@ -53,19 +56,36 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().float().contiguous().numpy().copy()
 
 
-def _linears(model: LlamaForCausalLM, index: int) -> dict[str, list[nn.Linear]]:
+def _linears(model: PreTrainedModel, index: int) -> dict[str, list[nn.Linear]]:
     layer = model.model.layers[index]
     attention, mlp = layer.self_attn, layer.mlp
     return {"qkv": [attention.q_proj, attention.k_proj, attention.v_proj], "o": [attention.o_proj],
             "gate_up": [mlp.gate_proj, mlp.up_proj], "down": [mlp.down_proj]}
 
 
-def _check(model: LlamaForCausalLM) -> None:
+def _gains(model: PreTrainedModel, index: int) -> dict[str, list[torch.Tensor] | None]:
+    """The RMSNorm gain each fused linear's input gets inside the linear (None: none): a
+    BitLinear's own SubLN; in a bitnet block, the norm before the linear (the block's
+    norms before ternary q/k/v and gate/up, the sub-norms before o and down)."""
+    layer = model.model.layers[index]
+    if model.config.model_type == "bitnet":
+        ternary = isinstance(layer.self_attn.q_proj, BitLinear)
+        return {"qkv": [layer.input_layernorm.weight] * 3 if ternary else None,
+                "o": [layer.self_attn.attn_sub_norm.weight],
+                "gate_up": [layer.post_attention_layernorm.weight] * 2 if ternary else None,
+                "down": [layer.mlp.ffn_sub_norm.weight]}
+    return {name: [linear.norm.weight for linear in group] if isinstance(group[0], BitLinear) else None
+            for name, group in _linears(model, index).items()}
+
+
+def _check(model: PreTrainedModel) -> None:
     config = model.config
-    if config.model_type != "llama":
-        raise FreezeError(f"the native step runs Llama-architecture models, not {config.model_type!r}")
-    if config.hidden_act != "silu":
-        raise FreezeError(f"hidden_act {config.hidden_act!r}: the native step runs SiLU FFNs")
+    if config.model_type not in FFN_ACTIVATIONS:
+        raise FreezeError(f"the native step runs the {' and '.join(FFN_ACTIVATIONS)} architectures, "
+                          f"not {config.model_type!r}")
+    if config.hidden_act != FFN_ACTIVATIONS[config.model_type]:
+        raise FreezeError(f"hidden_act {config.hidden_act!r}: the native step runs {config.model_type} FFNs with "
+                          f"{FFN_ACTIVATIONS[config.model_type]}")
     for index in range(config.num_hidden_layers):
         for name, group in _linears(model, index).items():
             if any(linear.bias is not None for linear in group):
@@ -74,7 +94,8 @@ def _check(model: LlamaForCausalLM) -> None:
                 raise FreezeError(f"layer {index} {name}: its linears must all be BitLinear or all nn.Linear")
 
 
-def _ternary(group: list[BitLinear], rows_per_tile: int, columns: bool, arrays: dict, prefix: str) -> dict:
+def _ternary(group: list[BitLinear], gains: list[torch.Tensor], rows_per_tile: int, columns: bool, arrays: dict,
+             prefix: str) -> dict:
     packed, scales = [], []
     for linear in group:
         codes, scale = ternarize(linear.weight.detach())
@@ -83,7 +104,7 @@ def _ternary(group: list[BitLinear], rows_per_tile: int, columns: bool, arrays: 
                       else pack_ternary(codes, float(scale), rows_per_tile))
         scales.append(float(scale))
     arrays[prefix + ".data"] = np.concatenate([p.data.numpy() for p in packed])
-    arrays[prefix + ".gain"] = np.stack([_numpy(linear.norm.weight) for linear in group])
+    arrays[prefix + ".gain"] = np.stack([_numpy(gain) for gain in gains])
     arrays[prefix + ".scale"] = np.asarray(scales, dtype=np.float32)
     spec = {"kind": "columns" if columns else "ternary", "in_features": group[0].in_features,
             "rows": [linear.out_features for linear in group]}
@@ -99,7 +120,7 @@ def _tile(name: str, shape: tuple[int, int], rows_per_tile: int | None, tuned: d
 
 
 @torch.no_grad()
-def freeze(model: LlamaForCausalLM, tokenizer, rows_per_tile: int | None = None, int8_embeddings: bool = False,
+def freeze(model: PreTrainedModel, tokenizer, rows_per_tile: int | None = None, int8_embeddings: bool = False,
            sparse: bool = True) -> FrozenModel:
     """The frozen form of a trained model (BitNet or the fp32 reference); `tokenizer` is
     its `transformers` tokenizer, stored with it."""
@@ -117,20 +138,28 @@ def freeze(model: LlamaForCausalLM, tokenizer, rows_per_tile: int | None = None,
     for index in range(config.num_hidden_layers):
         layer = model.model.layers[index]
         prefix = f"layers.{index}."
-        arrays[prefix + "attn_norm"] = _numpy(layer.input_layernorm.weight)
-        arrays[prefix + "ffn_norm"] = _numpy(layer.post_attention_layernorm.weight)
+        gains = _gains(model, index)
+        if not (bitnet and config.model_type == "bitnet"):  # else the ternary q/k/v and gate/up norm theirs
+            arrays[prefix + "attn_norm"] = _numpy(layer.input_layernorm.weight)
+            arrays[prefix + "ffn_norm"] = _numpy(layer.post_attention_layernorm.weight)
         for name, group in _linears(model, index).items():
             if bitnet:
                 tile = _tile(name, shapes[name], rows_per_tile, tuned)
-                spec = _ternary(group, tile["rows_per_tile"], columns and name == "down", arrays, prefix + name)
+                spec = _ternary(group, gains[name], tile["rows_per_tile"], columns and name == "down", arrays,
+                                prefix + name)
                 if "tokens_per_tile" in spec:
                     spec["tokens_per_tile"] = tile["tokens_per_tile"]
-                subln_eps |= {linear.norm.eps for linear in group}
             else:
                 arrays[prefix + name + ".data"] = np.concatenate([_numpy(linear.weight) for linear in group])
+                if gains[name] is not None:  # a bitnet block's sub-norm
+                    arrays[prefix + name + ".gain"] = np.stack([_numpy(gain) for gain in gains[name]])
                 spec = {"kind": "fp32", "in_features": group[0].in_features,
                         "rows": [linear.out_features for linear in group]}
             linears[name] = spec
+        subln_eps |= {linear.norm.eps for group in _linears(model, index).values() for linear in group
+                      if hasattr(linear, "norm")}
+    if config.model_type == "bitnet":  # its block's norms and sub-norms are the gains
+        subln_eps.add(config.rms_norm_eps)
     if len(subln_eps) > 1:
         raise FreezeError(f"the BitLinear norms use different eps {sorted(subln_eps)}; the native step takes one")
     embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings()
@@ -150,7 +179,7 @@ def freeze(model: LlamaForCausalLM, tokenizer, rows_per_tile: int | None = None,
     rotary = model.model.rotary_emb
     arrays["rope.inv_freq"] = _numpy(rotary.inv_freq)
     meta = {
-        "architecture": "llama",
+        "architecture": config.model_type, "ffn_activation": FFN_ACTIVATIONS[config.model_type],
         "weights": "ternary" if bitnet else "fp32",
         "hidden": config.hidden_size, "intermediate": config.intermediate_size,
         "layers": config.num_hidden_layers, "heads": config.num_attention_heads,

@@ -19,6 +19,7 @@ from ryot_ray.model.widths import kept_activations
 
 ENGINE_MODULE = "ryot_ray.infer._engine"
 LINEAR_KINDS = {"ternary": 0, "columns": 1, "fp32": 2, "int8": 3}
+FFN_ACTIVATIONS = {"silu": 0, "relu2": 1}  # engine.c's FFN_SILU, FFN_RELU2
 KV_FORMATS = {"fp32": 0, "fp16": 1}
 LAYER_LINEARS = ("qkv", "o", "gate_up", "down")
 MAX_ROWS = 128  # rows per step: longer prefills go in chunks of this many
@@ -41,7 +42,7 @@ class Layer(c.Structure):
 class Model(c.Structure):
     _fields_ = [("hidden", I64), ("intermediate", I64), ("layers", I64), ("heads", I64), ("kv_heads", I64),
                 ("head_dim", I64), ("vocab", I64), ("positions", I64), ("norm_eps", F32), ("subln_eps", F32),
-                ("embed_int8", I32), ("embed", P), ("embed_scale", P), ("final_norm", P), ("rope_cos", P),
+                ("ffn_activation", I32), ("embed_int8", I32), ("embed", P), ("embed_scale", P), ("final_norm", P), ("rope_cos", P),
                 ("rope_sin", P), ("head", Linear), ("layer", c.POINTER(Layer))]
 
 
@@ -87,14 +88,15 @@ class NativeModel:
         self.layers = (Layer * meta["layers"])()
         for index, layer in enumerate(self.layers):
             prefix = f"layers.{index}."
-            layer.attn_norm = _pointer(arrays[prefix + "attn_norm"])
-            layer.ffn_norm = _pointer(arrays[prefix + "ffn_norm"])
+            layer.attn_norm = _pointer(arrays.get(prefix + "attn_norm"))  # none in a bitnet block
+            layer.ffn_norm = _pointer(arrays.get(prefix + "ffn_norm"))
             for name in LAYER_LINEARS:
                 setattr(layer, name, self._linear(prefix + name, meta["linears"][name]))
         self.struct = Model(
             hidden=meta["hidden"], intermediate=meta["intermediate"], layers=meta["layers"], heads=meta["heads"],
             kv_heads=meta["kv_heads"], head_dim=meta["head_dim"], vocab=meta["vocab"],
             positions=meta["max_positions"], norm_eps=meta["norm_eps"], subln_eps=meta["subln_eps"],
+            ffn_activation=FFN_ACTIVATIONS[meta.get("ffn_activation", "silu")],
             embed_int8=meta["embeddings"] == "int8", embed=_pointer(arrays["embed.weight"]),
             embed_scale=_pointer(arrays.get("embed.scale")), final_norm=_pointer(arrays["final_norm"]),
             rope_cos=_pointer(self.cos), rope_sin=_pointer(self.sin), head=self._linear("head", meta["linears"]["head"]),

@@ -438,6 +438,10 @@ void ryot_silu_mul(const float *gate, const float *up, int64_t n, float *out, in
     for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+void ryot_relu2_mul(const float *gate, const float *up, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = (gate[i] > 0.0f ? gate[i] * gate[i] : 0.0f) * up[i];
+}
+
 void ryot_silu_mul_backward(const float *grad, const float *gate, const float *up, int64_t n, float *grad_gate,
                             float *grad_up, int isa) {
 #ifdef RYOT_X86

@@ -83,6 +83,8 @@ void ryot_f32_rows(const float *x, int64_t m_rows, int64_t k, int64_t x_stride, 
 void ryot_rms_norm(const float *x, int64_t k, const float *weight, float eps, float *out, int isa);
 /* out[i] = silu(gate[i]) * up[i] */
 void ryot_silu_mul(const float *gate, const float *up, int64_t n, float *out, int isa);
+/* relu(gate)^2 * up (the BitNet b1.58 2B4T FFN), as transformers computes it */
+void ryot_relu2_mul(const float *gate, const float *up, int64_t n, float *out);
 /* its gradients: grad_gate = grad * up * silu'(gate), grad_up = grad * silu(gate) */
 void ryot_silu_mul_backward(const float *grad, const float *gate, const float *up, int64_t n, float *grad_gate,
                             float *grad_up, int isa);

@@ -21,8 +21,7 @@ def activation_compression(model: nn.Module, batch: dict) -> dict:
 
     def capture(name: str):
         def hook(layer: BitLinear, args: tuple, output: torch.Tensor) -> None:
-            width = args[0].shape[-1]
-            x, codes, scale, _ = layer.steps.norm_quantize(args[0], layer.norm.weight[:width], layer.norm.eps, True)
+            x, codes, scale = layer.rounded_input(args[0])
             saved = layer.saver.pack(x, codes, scale)
             _, rebuilt = layer.saver.unpack(saved, x.shape[-1], layer.steps, torch.float32)
             totals = sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])

@@ -1,4 +1,5 @@
-"""Build the causal LM a config asks for: a Llama from `transformers`, then its linears.
+"""Build the causal LM a config asks for: a Llama (or the BitNet b1.58 2B4T block, `model.
+architecture: bitnet`) from `transformers`, then its linears.
 
 The `quantization` knob picks the linear layer when the model is built: `bitnet` turns
 every linear inside the decoder blocks into a `BitLinear` (keeping the activations for
@@ -14,14 +15,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (BitNetConfig, BitNetForCausalLM, LlamaConfig, LlamaForCausalLM, PretrainedConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase)
+from transformers.models.bitnet.modeling_bitnet import BitNetRMSNorm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from ryot_ray.config import ModelConfig
 from ryot_ray.model.attention import pick_attention
-from ryot_ray.model.bitlinear import BitLinear
+from ryot_ray.model.bitlinear import BareBitLinear, BitLinear
 from ryot_ray.model.matryoshka import to_matryoshka
 from ryot_ray.model.norm import fuse_norms
 from ryot_ray.model.widths import checked_widths
@@ -43,10 +48,27 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+@dataclass(frozen=True)
+class Architecture:
+    config: type[PretrainedConfig]  # the `transformers` classes
+    model: type[PreTrainedModel]
+    bit_linear: type[BitLinear]  # what its decoder linears become
+    norm: type[nn.Module]  # its RMSNorm, fused when the model is built
+    nested_ffn: bool  # its FFN becomes a MatryoshkaMLP (`mrl_depth`, `sparse_k`)
+
+
+ARCHITECTURES = {
+    "llama": Architecture(LlamaConfig, LlamaForCausalLM, BitLinear, LlamaRMSNorm, nested_ffn=True),
+    # every linear's input is normed by a layer of the block (two of them sub-norms), and
+    # its FFN norms the product before down_proj, which MatryoshkaMLP does not (yet)
+    "bitnet": Architecture(BitNetConfig, BitNetForCausalLM, BareBitLinear, BitNetRMSNorm, nested_ffn=False),
+}
+
+
+def model_config(preset: str, tokenizer: PreTrainedTokenizerBase, architecture: str = "llama") -> PretrainedConfig:
     shape = dict(PRESETS[preset])
     vocab_size = max(shape.pop("vocab_size", 0), len(tokenizer))
-    return LlamaConfig(
+    return ARCHITECTURES[architecture].config(
         vocab_size=vocab_size,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -56,18 +78,20 @@ def llama_config(preset: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig
     )
 
 
-def to_bitnet(model: LlamaForCausalLM, config: ModelConfig) -> LlamaForCausalLM:
-    """Swap every nn.Linear inside the decoder blocks for a BitLinear with the same
-    weights, nest the MLPs and fuse the RMSNorms."""
+def to_bitnet(model: PreTrainedModel, config: ModelConfig) -> PreTrainedModel:
+    """Swap every nn.Linear inside the decoder blocks for a BitLinear (the architecture's)
+    with the same weights, nest the MLPs and fuse the RMSNorms."""
+    architecture, compression = ARCHITECTURES[config.architecture], config.activation_compression
     for module in list(model.model.layers.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
-                setattr(module, name, BitLinear.from_linear(child, config.activation_compression))
-    compression = config.activation_compression
-    return fuse_norms(to_matryoshka(model, config.mrl_depth, config.sparse_k, compression), compression)
+                setattr(module, name, architecture.bit_linear.from_linear(child, compression))
+    if architecture.nested_ffn:
+        model = to_matryoshka(model, config.mrl_depth, config.sparse_k, compression)
+    return fuse_norms(model, architecture.norm, compression)
 
 
-LINEAR_BUILDERS: dict[str, Callable[[LlamaForCausalLM, ModelConfig], LlamaForCausalLM]] = {
+LINEAR_BUILDERS: dict[str, Callable[[PreTrainedModel, ModelConfig], PreTrainedModel]] = {
     "bitnet": to_bitnet,
     "none": lambda model, config: model,
 }
@@ -81,18 +105,20 @@ def check_knobs(config: ModelConfig) -> None:
 
 
 def build_model(
-    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, llama: LlamaConfig | None = None,
+    config: ModelConfig, tokenizer: PreTrainedTokenizerBase, hf_config: PretrainedConfig | None = None,
     weights: dict[str, torch.Tensor] | None = None,
-) -> LlamaForCausalLM:
-    """A fresh model at a preset, the given Llama config, or `config.pretrained`'s weights;
-    `weights` (a full-precision state dict of the same shapes) replace those before the
-    linears are swapped, so a BitNet model can start from a trained fp32 one."""
-    if llama is not None:
-        model = LlamaForCausalLM(copy.deepcopy(llama))  # a model changes its config (attention): its own
+) -> PreTrainedModel:
+    """A fresh model of `config.architecture` at a preset, at the given `transformers`
+    config, or `config.pretrained`'s weights (a Llama); `weights` (a full-precision state
+    dict of the same shapes) replace those before the linears are swapped, so a BitNet
+    model can start from a trained fp32 one."""
+    architecture = ARCHITECTURES[config.architecture]
+    if hf_config is not None:
+        model = architecture.model(copy.deepcopy(hf_config))  # a model changes its config (attention): its own
     elif config.pretrained:
         model = LlamaForCausalLM.from_pretrained(config.pretrained, dtype="float32", use_safetensors=True)
     else:
-        model = LlamaForCausalLM(llama_config(config.preset, tokenizer))
+        model = architecture.model(model_config(config.preset, tokenizer, config.architecture))
     if weights is not None:
         model.load_state_dict(weights)
     return pick_attention(LINEAR_BUILDERS[config.quantization](model, config), config.activation_compression)

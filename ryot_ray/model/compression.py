@@ -182,3 +182,39 @@ class FusedBitLinear(torch.autograd.Function):
         inverse = torch.where(usable, 1.0 / torch.where(usable, norm_weight, 1.0), 0.0)
         grad_x, sums = ctx.steps.subln_backward(codes_grad, normalized, rstd, inverse, norm_weight * weight_scale)
         return grad_x, sums.mul_(weight_scale), None, grad_weight, None, None, grad_bias, None, None, None
+
+
+class FusedQuantizedLinear(torch.autograd.Function):
+    """FusedBitLinear without the SubLN, for a block that norms a linear's input in a layer
+    of its own (the BitNet b1.58 2B4T block): int8 rounding and the integer product
+    forward; backward straight through both roundings."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, x, weight, weight_codes, weight_scale, bias, saver, backward_dtype, steps):
+        codes, scale = steps.quantize(x)
+        if any(ctx.needs_input_grad):  # nothing is kept under no_grad (evaluation)
+            saved = saver.pack(x, codes, scale)
+            ctx.saver, ctx.count, ctx.has_bias = saver, len(saved), bias is not None
+            ctx.dtype, ctx.steps = backward_dtype, steps
+            ctx.save_for_backward(*saved, weight_codes, weight_scale)
+        return integer_linear(codes, scale, weight_codes, weight_scale, bias, steps)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad):
+        *saved, weight_codes, weight_scale = ctx.saved_tensors
+        width = weight_codes.shape[1]
+        activations, _ = ctx.saver.unpack(tuple(saved[: ctx.count]), width, ctx.steps, ctx.dtype)
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+        grad = grad.to(ctx.dtype)
+        grad_weight = (grad.reshape(-1, grad.shape[-1]).t() @ activations.reshape(-1, width)).float()
+        grad_x = (grad @ weight_codes.to(ctx.dtype)).float().mul_(weight_scale)
+        return grad_x, grad_weight, None, None, grad_bias, None, None, None
+
+
+def plain_quantized_autograd(x, weight, weight_codes, weight_scale, bias, saver, backward_dtype, steps):
+    """The reference of `FusedQuantizedLinear` (fake quantization in fp32, autograd)."""
+    codes, scale = int8_activations(x.detach())
+    x = straight_through(x, codes / scale)
+    return F.linear(x, straight_through(weight, weight_codes.float() * weight_scale), bias)

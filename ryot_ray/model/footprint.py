@@ -15,7 +15,7 @@ from transformers import AutoConfig, LlamaForCausalLM
 
 from ryot_ray.config import Config, ConfigError
 from ryot_ray.data.tokenizer import build_char_tokenizer
-from ryot_ray.model.build import llama_config
+from ryot_ray.model.build import ARCHITECTURES, model_config
 
 BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
 GIB = 2**30
@@ -27,12 +27,12 @@ def parameter_count(config: Config) -> int | None:
     if pretrained and not Path(pretrained).expanduser().is_dir():
         return None
     try:
-        llama = (AutoConfig.from_pretrained(Path(pretrained).expanduser()) if pretrained
-                 else llama_config(config.model.preset, build_char_tokenizer()))
+        shape = (AutoConfig.from_pretrained(Path(pretrained).expanduser()) if pretrained
+                 else model_config(config.model.preset, build_char_tokenizer(), config.model.architecture))
     except (OSError, ValueError) as error:  # a local folder that is not a model
         raise ConfigError(f"model.pretrained: {pretrained}: {error}") from None
     with torch.device("meta"):
-        return sum(p.numel() for p in LlamaForCausalLM(llama).parameters())
+        return sum(p.numel() for p in ARCHITECTURES[config.model.architecture].model(shape).parameters())
 
 
 def check_training_fits(config: Config, memory_bytes: int) -> None:

@@ -1,6 +1,6 @@
 """The decoder's RMSNorms in a BitNet model, as one fused step each.
 
-Same parameter (`weight`) and epsilon as the Llama norm they replace, so checkpoints and
+Same parameter (`weight`) and epsilon as the Llama (or BitNet) norm they replace, so checkpoints and
 freezing see no difference; the step runs in the native library where it was built and
 keeps the input (as the `activation_compression` knob's `norm_keeper` says: fp32 or bf16)
 and one rstd per token for backward (`RMSNormFunction`).
@@ -39,7 +39,7 @@ class RMSNormFunction(torch.autograd.Function):
 
 
 class FusedRMSNorm(nn.Module):
-    def __init__(self, norm: LlamaRMSNorm, activation_compression: str = "none", steps: Steps = DEFAULT_STEPS):
+    def __init__(self, norm: nn.Module, activation_compression: str = "none", steps: Steps = DEFAULT_STEPS):
         super().__init__()
         self.weight = norm.weight
         self.variance_epsilon = norm.variance_epsilon
@@ -54,10 +54,11 @@ class FusedRMSNorm(nn.Module):
                 f"saved activations: {self.activation_compression}, {self.steps.name} steps")
 
 
-def fuse_norms(model: nn.Module, activation_compression: str = "none") -> nn.Module:
-    """Swap every Llama RMSNorm of the model for a FusedRMSNorm with the same weight."""
+def fuse_norms(model: nn.Module, norm: type[nn.Module] = LlamaRMSNorm, activation_compression: str = "none") -> nn.Module:
+    """Swap every RMSNorm of the model (of class `norm`: the architecture's) for a
+    FusedRMSNorm with the same weight."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is LlamaRMSNorm:
+            if type(child) is norm:
                 setattr(module, name, FusedRMSNorm(child, activation_compression))
     return model

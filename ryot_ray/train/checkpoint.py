@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ryot_ray.atomic import write_json_atomic
 from ryot_ray.config import Config, ConfigError
 from ryot_ray.data.tokenizer import load_tokenizer
-from ryot_ray.model.build import build_model
+from ryot_ray.model.build import ARCHITECTURES, build_model
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -71,7 +71,7 @@ def atomic_directory(destination: Path):
 
 def save_checkpoint(
     directory: Path,
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     config: Config,
     state: TrainingState,
@@ -87,7 +87,7 @@ def save_checkpoint(
         save_file(tensors, str(directory / OPTIMIZER_FILE))
     record = {
         "config": config.to_dict(),
-        "llama_config": model.config.to_dict(),
+        "llama_config": model.config.to_dict(),  # the transformers config, of any architecture (an old name)
         "state": asdict(state),
         "optimizer_param_groups": param_groups,
         "files": {name: _sha256(directory / name) for name in (MODEL_FILE, OPTIMIZER_FILE)
@@ -126,14 +126,14 @@ def read_checkpoint_record(directory: Path, verify: tuple[str, ...] = ()) -> dic
     return record
 
 
-def load_checkpoint(directory: Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, Config, TrainingState]:
+def load_checkpoint(directory: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Config, TrainingState]:
     """The model (in eval mode), its tokenizer, its run config and its training state."""
     directory = Path(directory)
     record = read_checkpoint_record(directory, verify=(MODEL_FILE,))
     config = Config.from_dict(record["config"], str(directory / STATE_FILE))
     tokenizer = load_tokenizer(str(directory))
-    llama = LlamaConfig.from_dict(record["llama_config"])
-    model = build_model(config.model, tokenizer, llama=llama)
+    hf_config = ARCHITECTURES[config.model.architecture].config.from_dict(record["llama_config"])
+    model = build_model(config.model, tokenizer, hf_config=hf_config)
     load_weights(directory, model)
     return model.eval(), tokenizer, config, TrainingState(**record["state"])
 

@@ -33,7 +33,7 @@ from ryot_ray.infer.freeze import freeze
 from ryot_ray.infer.load import native_engine
 from ryot_ray.infer.speed import digit_prompt, engine_speed
 from ryot_ray.memory import in_fresh_process
-from ryot_ray.model.build import PRESETS, build_model, llama_config
+from ryot_ray.model.build import PRESETS, build_model, model_config
 from ryot_ray.stats import median_uncertainty, spread
 from ryot_ray.validate.verdicts import phase1_verdicts
 
@@ -45,7 +45,7 @@ def deployment_shape(name: str, where: str = "validate.deploy_preset") -> LlamaC
     """A preset's Llama shape, or a local `transformers` config (a config.json or its
     directory; nothing is downloaded); `where` names the setting in errors."""
     if name in PRESETS:
-        return llama_config(name, build_char_tokenizer())
+        return model_config(name, build_char_tokenizer())
     path = Path(name).expanduser()
     if not path.exists():
         raise ConfigError(f"{where}: {name!r} is neither a preset ({', '.join(PRESETS)}) "
@@ -61,12 +61,12 @@ def frozen_pair(config: Config, shape: LlamaConfig) -> dict:
     tokenizer = build_char_tokenizer()
     torch.manual_seed(config.seed)
     knobs = ModelConfig(quantization="bitnet", mrl_depth=config.model.mrl_depth, sparse_k=config.model.sparse_k)
-    bitnet = build_model(knobs, tokenizer, llama=shape)
+    bitnet = build_model(knobs, tokenizer, hf_config=shape)
     tune_tiles(bitnet, config.inference)
     inference = config.inference
     optimized = freeze(bitnet, tokenizer, inference.tile_size, inference.int8_embeddings, sparse=True)
     del bitnet
-    reference = freeze(build_model(ModelConfig(quantization="none"), tokenizer, llama=shape), tokenizer)
+    reference = freeze(build_model(ModelConfig(quantization="none"), tokenizer, hf_config=shape), tokenizer)
     return {"optimized": optimized, "reference": reference}
 
 

@@ -122,8 +122,8 @@ class TrialMeasurement:
         if self.speed_at == "model":
             with torch.random.fork_rng():  # the training run's random stream stays as it was
                 torch.manual_seed(config.seed)
-                reference = build_model(ModelConfig(preset=config.model.preset, quantization="none"), tokenizer,
-                                        llama=model.config).eval()
+                reference = build_model(ModelConfig(preset=config.model.preset, architecture=config.model.architecture,
+                                                    quantization="none"), tokenizer, hf_config=model.config).eval()
             reference_engine = model_engine(reference, tokenizer, InferenceConfig(), 1, max_length, threads=threads)
             rounds = speed_rounds(trial_engine, reference_engine, work, self.spread_goal, self.budget_s)
         else:

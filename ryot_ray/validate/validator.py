@@ -271,8 +271,8 @@ class InferenceValidator:
             reference = load_checkpoint(Path(self.reference_checkpoint))[0]
         else:
             torch.manual_seed(config.seed)
-            reference = build_model(ModelConfig(preset=config.model.preset, quantization="none"), tokenizer,
-                                    llama=model.config).eval()
+            reference = build_model(ModelConfig(preset=config.model.preset, architecture=config.model.architecture,
+                                                quantization="none"), tokenizer, hf_config=model.config).eval()
         # each engine decodes with the team size that is fastest for it on this node's CPUs
         reference_engine = optimized_engine(
             reference, tokenizer, dataclasses.replace(config, inference=InferenceConfig()), True, 1, max_length,

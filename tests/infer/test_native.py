@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from ryot_ray.config import ModelConfig
 from ryot_ray.infer import native
 from ryot_ray.infer.fallback import as_inference_model
 from ryot_ray.infer.freeze import freeze, int8_rows
 from ryot_ray.infer.native import NativeModel, NativeStep
 from ryot_ray.kernels.native import ISAS
+from ryot_ray.model.build import build_model
 from ryot_ray.model.matryoshka import use_width
 from ryot_ray.model.quantize import int8_activations
 from ryot_ray.train.checkpoint import load_checkpoint
@@ -158,3 +160,23 @@ def test_profile_times_every_phase_of_the_steps(trained):
     assert set(seconds) == set(native.PHASES) and all(s > 0 for s in seconds.values())
     step.step([5], [0], [4], [0])
     assert sum(step.profile(False).values()) == 0.0  # off: nothing timed
+
+
+@pytest.mark.parametrize("quantization", ["bitnet", "none"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_bitnet_block_and_its_fp32_reference_compute_the_models_logits(tokenizer, quantization, threads):
+    """The block norms no ternary linear's input in the engine (its norms are the linears'
+    gains), its sub-norms run before fp32 o and down, and its FFN squares a ReLU."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny", architecture="bitnet", quantization=quantization), tokenizer).eval()
+    for parameter in model.parameters():  # gains away from 1, so that a norm left out shows
+        if parameter.ndim == 1:
+            torch.nn.init.normal_(parameter, 1.0, 0.3)
+    frozen = freeze(model, tokenizer)
+    assert (frozen.model["architecture"], frozen.model["ffn_activation"]) == ("bitnet", "relu2")
+    assert ("layers.0.attn_norm" in frozen.arrays) == (quantization == "none")
+    ids = tokenizer(PROMPT)["input_ids"]
+    want = torch_logits(model, ids)
+    step = NativeStep(NativeModel(frozen), 2, 64, threads)
+    assert_same_logits(native_logits(step, ids), want)
+    assert_same_logits(native_logits(step, ids, slot=1, one_by_one=True), want)

@@ -69,5 +69,5 @@ def test_compressed_activations_pick_the_recomputed_attention(compression, atten
 def test_a_model_built_from_another_s_config_picks_its_own_attention():
     tokenizer = build_char_tokenizer()
     compressed = build_model(ModelConfig(preset="tiny", activation_compression="int8"), tokenizer)
-    reference = build_model(ModelConfig(preset="tiny", quantization="none"), tokenizer, llama=compressed.config)
+    reference = build_model(ModelConfig(preset="tiny", quantization="none"), tokenizer, hf_config=compressed.config)
     assert (compressed.config._attn_implementation, reference.config._attn_implementation) == (ATTENTION, "sdpa")

@@ -1,11 +1,12 @@
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM, BitNetForCausalLM, LlamaForCausalLM
+from transformers.models.bitnet.modeling_bitnet import BitNetRMSNorm
 
 from ryot_ray.config import MODEL_PRESETS, ModelConfig
-from ryot_ray.model.bitlinear import BitLinear
-from ryot_ray.model.build import PRESETS, build_model, llama_config
+from ryot_ray.model.bitlinear import BareBitLinear, BitLinear
+from ryot_ray.model.build import PRESETS, build_model, model_config
 
 
 def linears(model):
@@ -37,7 +38,7 @@ def test_same_seed_same_weights_for_both_kinds(tokenizer):
 
 
 def test_1b_preset_has_tinyllama_shapes(tokenizer):
-    config = llama_config("1b", tokenizer)
+    config = model_config("1b", tokenizer)
     assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (2048, 5632, 22)
     assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (32, 4, 32000)
 
@@ -56,7 +57,7 @@ def test_base_preset_has_25_to_50m_parameters_in_its_decoder_blocks(tokenizer):
 
 def test_pretrained_checkpoint_converts_and_keeps_its_weights(tokenizer, tmp_path):
     torch.manual_seed(0)
-    source = LlamaForCausalLM(llama_config("tiny", tokenizer))
+    source = LlamaForCausalLM(model_config("tiny", tokenizer))
     source.save_pretrained(tmp_path)
     model = build_model(ModelConfig(pretrained=str(tmp_path), quantization="bitnet"), tokenizer)
     converted = model.model.layers[1].mlp.down_proj
@@ -87,8 +88,72 @@ def test_a_bitnet_model_starts_from_given_full_precision_weights(tokenizer):
 
 
 def test_a_pickled_pretrained_checkpoint_is_refused(tokenizer, tmp_path):
-    source = LlamaForCausalLM(llama_config("tiny", tokenizer))
+    source = LlamaForCausalLM(model_config("tiny", tokenizer))
     source.config.save_pretrained(tmp_path)
     torch.save(source.state_dict(), tmp_path / "pytorch_model.bin")  # weights as a pickle
     with pytest.raises(OSError, match="safetensors"):
         build_model(ModelConfig(pretrained=str(tmp_path), quantization="bitnet"), tokenizer)
+
+
+# ---- the BitNet b1.58 2B4T block (`architecture: bitnet`) ----
+
+def _bitnet(tokenizer, quantization: str = "bitnet", compression: str = "none"):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny", architecture="bitnet", quantization=quantization,
+                                    activation_compression=compression), tokenizer)
+    for parameter in model.parameters():  # norm gains away from 1, so that a missed norm shows
+        if parameter.ndim == 1:
+            torch.nn.init.normal_(parameter, 1.0, 0.3)
+    return model
+
+
+def test_the_bitnet_architecture_is_the_transformers_block_with_bare_bitlinears(tokenizer):
+    model = _bitnet(tokenizer)
+    plain = BitNetForCausalLM(model.config)
+    assert model.state_dict().keys() == plain.state_dict().keys()  # the architecture's own names
+    decoder = {n: k for n, k in linears(model).items() if n.startswith("model.layers.")}
+    assert len(decoder) == 7 * PRESETS["tiny"]["num_hidden_layers"] and set(decoder.values()) == {BareBitLinear}
+    assert model.config.hidden_act == "relu2"
+    assert not any(type(m) is BitNetRMSNorm for m in model.modules())  # fused
+    assert set(linears(_bitnet(tokenizer, "none")).values()) == {nn.Linear}
+
+
+@pytest.mark.parametrize("compression", ["none", "int8"])
+def test_a_bitnet_model_computes_the_plain_block_on_rounded_values_and_trains(tokenizer, compression):
+    model = _bitnet(tokenizer, compression=compression)
+    reference = BitNetForCausalLM(model.config)  # transformers' block, the linears fake-quantized in torch
+    reference.load_state_dict(model.state_dict())
+    for module in reference.model.layers.modules():
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:
+                bare = BareBitLinear.from_linear(child)
+                bare.quantized_linear = bare.reference
+                setattr(module, name, bare)
+    batch = tokenizer(["12+34=46", "7*8=56"], padding=True, return_tensors="pt")
+    losses = [m(**batch, labels=batch["input_ids"]).loss for m in (model, reference)]
+    assert torch.allclose(*losses, rtol=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+    assert model(**batch, labels=batch["input_ids"]).loss < losses[0]
+
+
+def test_transformers_bitnet_quantization_reads_a_bitnet_model_s_weights(tokenizer, tmp_path):
+    """`transformers` loads the latent weights with its own online ternary quantization
+    (AutoBitLinear) and answers the same greedy tokens."""
+    model = _bitnet(tokenizer).eval()
+    plain = BitNetForCausalLM(model.config)
+    plain.load_state_dict(model.state_dict())
+    plain.config.quantization_config = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                        "quantization_mode": "online"}
+    plain.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(loaded.model.layers[0].mlp.down_proj).__name__ == "AutoBitLinear"
+    ids = torch.tensor([tokenizer("12+34=46;7*8=56")["input_ids"]])
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, loaded(ids).logits
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    assert (ours - theirs).abs().max() < 0.02 * ours.abs().max()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from native_marks import needs_native
-from ryot_ray.model.bitlinear import BitLinear
+from ryot_ray.model.bitlinear import BareBitLinear, BitLinear
 from ryot_ray.model.compression import SAVERS, integer_linear, plain_autograd, stored_bits
 from ryot_ray.model.steps import NATIVE_STEPS, TORCH_STEPS
 from ryot_ray.model.quantize import int8_activations, ternarize
@@ -116,3 +116,35 @@ def test_savers_round_trip_and_count_their_bits(width):
     assert torch.equal(binary.sign(), torch.where(codes >= 0, 1.0, -1.0))
     assert torch.allclose(binary.abs().mean(-1), rounded.abs().mean(-1))
 
+
+
+# ---- a BitLinear without its SubLN (the `bitnet` architecture's) ----
+
+def _bare(mode: str, reference: bool = False, steps=TORCH_STEPS) -> BareBitLinear:
+    torch.manual_seed(0)
+    layer = BareBitLinear(40, 24, bias=True, activation_compression=mode, backward_dtype=torch.float32, steps=steps)
+    if reference:
+        layer.quantized_linear = layer.reference
+    return layer
+
+
+@pytest.mark.parametrize("steps", STEPS)
+def test_the_bare_layer_is_its_reference(steps):
+    x = torch.randn(3, 7, 40, generator=torch.Generator().manual_seed(3)) * 2
+    assert not hasattr(_bare("none"), "norm") and set(dict(_bare("none").named_parameters())) == {"weight", "bias"}
+    want, want_grads = _bare("none", reference=True)(x), _bare_gradients(_bare("none", reference=True), x)
+    for mode in MODES:
+        assert torch.allclose(_bare(mode, steps=steps)(x), want, rtol=1e-5, atol=1e-5)
+        grads = _bare_gradients(_bare(mode, steps=steps), x)
+        if mode == "binary":  # the signs of the activations, and a mean magnitude per token
+            assert _relative(grads[1], want_grads[1]) < 1
+        else:  # the weight gradient multiplies the rounded activations the forward used
+            assert _relative(grads[1], want_grads[1]) < 1e-5
+        for got, exact in zip(grads[::2], want_grads[::2]):  # straight through the rounding: the same
+            assert _relative(got, exact) < 1e-5
+
+
+def _bare_gradients(layer: BareBitLinear, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_()
+    layer(x).square().sum().backward()
+    return x.grad, layer.weight.grad, layer.bias.grad

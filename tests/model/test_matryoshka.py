@@ -123,11 +123,11 @@ def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_the_gate_is_picked_by_the_model_activation():
     tokenizer = build_char_tokenizer()
     assert isinstance(build_model(ModelConfig(preset="tiny"), tokenizer).model.layers[0].mlp.activation, SiluGate)
-    from ryot_ray.model.build import llama_config
+    from ryot_ray.model.build import model_config
 
-    gelu = llama_config("tiny", tokenizer)
+    gelu = model_config("tiny", tokenizer)
     gelu.hidden_act = "gelu"
-    mlp = build_model(ModelConfig(preset="tiny"), tokenizer, llama=gelu).model.layers[0].mlp
+    mlp = build_model(ModelConfig(preset="tiny"), tokenizer, hf_config=gelu).model.layers[0].mlp
     assert isinstance(mlp.activation, ActivationGate)
     gate, up = torch.randn(2, 5, 128), torch.randn(2, 5, 128)
     assert torch.equal(mlp.activation(gate, up), torch.nn.functional.gelu(gate) * up)
