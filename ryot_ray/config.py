@@ -227,8 +227,7 @@ def _check_compression_knobs(config: Config, source: Path) -> None:
                           f"above it (the model has {model.mrl_depth} nested width(s))")
     _check_tile(config.inference.tile_size, source)
     if model.architecture == "bitnet":
-        for name, unused in (("mrl_depth", model.mrl_depth == 1), ("sparse_k", model.sparse_k == 1),
-                             ("pretrained", model.pretrained is None)):
+        for name, unused in (("sparse_k", model.sparse_k == 1), ("pretrained", model.pretrained is None)):
             if not unused:
                 raise ConfigError(f"{source}: model.{name} is not built for architecture bitnet yet "
                                   "(it runs on the llama architecture)")

@@ -54,14 +54,12 @@ class Architecture:
     model: type[PreTrainedModel]
     bit_linear: type[BitLinear]  # what its decoder linears become
     norm: type[nn.Module]  # its RMSNorm, fused when the model is built
-    nested_ffn: bool  # its FFN becomes a MatryoshkaMLP (`mrl_depth`, `sparse_k`)
 
 
 ARCHITECTURES = {
-    "llama": Architecture(LlamaConfig, LlamaForCausalLM, BitLinear, LlamaRMSNorm, nested_ffn=True),
-    # every linear's input is normed by a layer of the block (two of them sub-norms), and
-    # its FFN norms the product before down_proj, which MatryoshkaMLP does not (yet)
-    "bitnet": Architecture(BitNetConfig, BitNetForCausalLM, BareBitLinear, BitNetRMSNorm, nested_ffn=False),
+    "llama": Architecture(LlamaConfig, LlamaForCausalLM, BitLinear, LlamaRMSNorm),
+    # every linear's input is normed by a layer of the block (two of them sub-norms)
+    "bitnet": Architecture(BitNetConfig, BitNetForCausalLM, BareBitLinear, BitNetRMSNorm),
 }
 
 
@@ -86,8 +84,7 @@ def to_bitnet(model: PreTrainedModel, config: ModelConfig) -> PreTrainedModel:
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
                 setattr(module, name, architecture.bit_linear.from_linear(child, compression))
-    if architecture.nested_ffn:
-        model = to_matryoshka(model, config.mrl_depth, config.sparse_k, compression)
+    model = to_matryoshka(model, config.mrl_depth, config.sparse_k, compression)
     return fuse_norms(model, architecture.norm, compression)
 
 

@@ -90,26 +90,28 @@ class ActivationGate(nn.Module):
 
 
 class MatryoshkaMLP(nn.Module):
-    """A Llama MLP run at `self.width` of its nested widths."""
+    """A Llama (or BitNet) MLP run at `self.width` of its nested widths. The BitNet MLP
+    norms act(gate) · up before down_proj (`ffn_sub_norm`, over the width in use)."""
 
     def __init__(self, mlp: nn.Module, widths: list[int], sparsity: nn.Module, activation: nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
         self.activation = activation  # act(gate) · up
+        self.ffn_sub_norm = getattr(mlp, "ffn_sub_norm", nn.Identity())
         self.widths = widths
         self.width = widths[0]
         self.sparsity = sparsity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.activation(self.gate_proj(x, rows=self.width), self.up_proj(x, rows=self.width))
-        return self.down_proj(self.sparsity(h))
+        return self.down_proj(self.sparsity(self.ffn_sub_norm(h)))
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, width={self.width}"
 
 
 def to_matryoshka(model: nn.Module, depth: int, sparse_k: float, activation_compression: str) -> nn.Module:
-    """Wrap every decoder MLP; the checkpoint keys stay those of the Llama MLP."""
+    """Wrap every decoder MLP; the checkpoint keys stay those of the architecture's MLP."""
     silu = model.config.hidden_act == "silu"
     for layer in model.model.layers:
         widths = checked_widths(layer.mlp.down_proj.in_features, depth, sparse_k)

@@ -47,7 +47,8 @@ class FusedRMSNorm(nn.Module):
         self.activation_compression = activation_compression
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return RMSNormFunction.apply(x, self.weight, self.variance_epsilon, self.steps, self.keeper)
+        """Over x's width: a prefix of the weight at a nested FFN width."""
+        return RMSNormFunction.apply(x, self.weight[: x.shape[-1]], self.variance_epsilon, self.steps, self.keeper)
 
     def extra_repr(self) -> str:
         return (f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, "

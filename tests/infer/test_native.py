@@ -166,9 +166,12 @@ def test_profile_times_every_phase_of_the_steps(trained):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_bitnet_block_and_its_fp32_reference_compute_the_models_logits(tokenizer, quantization, threads):
     """The block norms no ternary linear's input in the engine (its norms are the linears'
-    gains), its sub-norms run before fp32 o and down, and its FFN squares a ReLU."""
+    gains), its sub-norms run before fp32 o and down, and its FFN squares a ReLU; the
+    ternary one at both its nested widths (the FFN's sub-norm over the width in use)."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", architecture="bitnet", quantization=quantization), tokenizer).eval()
+    depth = 2 if quantization == "bitnet" else 1
+    model = build_model(ModelConfig(preset="tiny", architecture="bitnet", quantization=quantization, mrl_depth=depth),
+                        tokenizer).eval()
     for parameter in model.parameters():  # gains away from 1, so that a norm left out shows
         if parameter.ndim == 1:
             torch.nn.init.normal_(parameter, 1.0, 0.3)
@@ -176,7 +179,10 @@ def test_a_bitnet_block_and_its_fp32_reference_compute_the_models_logits(tokeniz
     assert (frozen.model["architecture"], frozen.model["ffn_activation"]) == ("bitnet", "relu2")
     assert ("layers.0.attn_norm" in frozen.arrays) == (quantization == "none")
     ids = tokenizer(PROMPT)["input_ids"]
-    want = torch_logits(model, ids)
     step = NativeStep(NativeModel(frozen), 2, 64, threads)
-    assert_same_logits(native_logits(step, ids), want)
-    assert_same_logits(native_logits(step, ids, slot=1, one_by_one=True), want)
+    for level in range(depth):
+        use_width(model, level)
+        step.use_width(level)
+        want = torch_logits(model, ids)
+        assert_same_logits(native_logits(step, ids), want)
+        assert_same_logits(native_logits(step, ids, slot=1, one_by_one=True), want)
