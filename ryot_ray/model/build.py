@@ -94,6 +94,24 @@ LINEAR_BUILDERS: dict[str, Callable[[PreTrainedModel, ModelConfig], PreTrainedMo
 }
 
 
+# how `transformers` ternarizes a bitnet block's linears as it loads their latent weights
+# (AutoBitLinear: per-tensor absmean weights, per-token absmax int8 activations, ours)
+ONLINE_TERNARY = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "online"}
+
+
+def exported_config(model: PreTrainedModel, config: ModelConfig) -> PretrainedConfig | None:
+    """The `config.json` with which `transformers` computes what `model` computes from its
+    weights as they are saved: a full-precision model, or a bitnet block's ternary model;
+    None for a Llama BitNet model (no `transformers` class has its per-linear SubLN)."""
+    if config.quantization == "bitnet" and config.architecture != "bitnet":
+        return None
+    exported = copy.deepcopy(model.config)
+    exported.architectures = [type(model).__name__]
+    if config.quantization == "bitnet":
+        exported.quantization_config = ONLINE_TERNARY
+    return exported
+
+
 def check_knobs(config: ModelConfig) -> None:
     """The knob checks that need a preset's FFN size, without building the model (a
     pretrained model's size is checked when it is built)."""

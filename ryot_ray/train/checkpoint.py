@@ -1,8 +1,11 @@
 """Checkpoints: safetensors weights and optimizer state, JSON for everything else.
 
 A checkpoint directory holds `model.safetensors`, `optimizer.safetensors` (optional),
-`state.json` (run config, Llama config, progress and history, and the SHA-256 of each
-tensor file) and the tokenizer files. Loading checks the files against their digests
+`state.json` (run config, the `transformers` config, progress and history, and the
+SHA-256 of each tensor file) and the tokenizer files. Where `transformers` computes the
+same model from those weights, it is also a `save_pretrained` directory: a `config.json`
+beside them lets `AutoModelForCausalLM.from_pretrained` load it (`exported_config`).
+ryot-ray reads `state.json`, not `config.json`. Loading checks the files against their digests
 first, so a truncated or corrupted file is named instead of loaded, and reads tensors and
 JSON only; nothing is unpickled. Directories and reports are written next to their
 destination and renamed into place, so a reader never sees half of one.
@@ -26,11 +29,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ryot_ray.atomic import write_json_atomic
 from ryot_ray.config import Config, ConfigError
 from ryot_ray.data.tokenizer import load_tokenizer
-from ryot_ray.model.build import ARCHITECTURES, build_model
+from ryot_ray.model.build import ARCHITECTURES, build_model, exported_config
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+HF_CONFIG_FILE = "config.json"  # what `from_pretrained` reads
 
 
 class CheckpointError(ConfigError):
@@ -81,6 +85,8 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / MODEL_FILE))
     tokenizer.save_pretrained(directory)
+    if (exported := exported_config(model, config.model)) is not None:
+        exported.to_json_file(directory / HF_CONFIG_FILE)
     param_groups = None
     if optimizer is not None:
         tensors, param_groups = _flatten_optimizer(optimizer)

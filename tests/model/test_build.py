@@ -6,7 +6,7 @@ from transformers.models.bitnet.modeling_bitnet import BitNetRMSNorm
 
 from ryot_ray.config import MODEL_PRESETS, ModelConfig
 from ryot_ray.model.bitlinear import BareBitLinear, BitLinear
-from ryot_ray.model.build import PRESETS, build_model, model_config
+from ryot_ray.model.build import PRESETS, build_model, exported_config, model_config
 
 
 def linears(model):
@@ -145,10 +145,8 @@ def test_transformers_bitnet_quantization_reads_a_bitnet_model_s_weights(tokeniz
     """`transformers` loads the latent weights with its own online ternary quantization
     (AutoBitLinear) and answers the same greedy tokens."""
     model = _bitnet(tokenizer).eval()
-    plain = BitNetForCausalLM(model.config)
+    plain = BitNetForCausalLM(exported_config(model, ModelConfig(architecture="bitnet")))
     plain.load_state_dict(model.state_dict())
-    plain.config.quantization_config = {"quant_method": "bitnet", "linear_class": "autobitlinear",
-                                        "quantization_mode": "online"}
     plain.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert type(loaded.model.layers[0].mlp.down_proj).__name__ == "AutoBitLinear"

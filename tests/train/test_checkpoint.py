@@ -1,7 +1,9 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ryot_ray.config import ModelConfig
 from ryot_ray.model.build import build_model
@@ -126,3 +128,30 @@ def test_model_config_round_trip_of_reference(tmp_path, smoke_config, tokenizer)
     save_checkpoint(tmp_path, model, tokenizer, smoke_config, TrainingState())
     loaded, *_ = load_checkpoint(tmp_path)
     assert not any("norm" in n and "proj" in n for n, _ in loaded.named_parameters())
+
+
+@pytest.mark.parametrize("architecture, quantization", [("bitnet", "bitnet"), ("bitnet", "none"), ("llama", "none")])
+def test_a_checkpoint_transformers_computes_loads_with_from_pretrained(tmp_path, smoke_config, tokenizer,
+                                                                        architecture, quantization):
+    """The bitnet block's ternary model (transformers ternarizes its latent weights as it
+    loads them) and every full-precision model; ryot-ray's own state stays beside them."""
+    config = replace(smoke_config, model=ModelConfig(preset="tiny", architecture=architecture,
+                                                      quantization=quantization))
+    torch.manual_seed(0)
+    model = build_model(config.model, tokenizer).eval()
+    save_checkpoint(tmp_path, model, tokenizer, config, TrainingState())
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(loaded) is type(model) and "llama_config" in read_checkpoint_record(tmp_path)
+    ids = AutoTokenizer.from_pretrained(tmp_path)("12+34|>46", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, loaded(ids).logits
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1)) and torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_a_llama_bitnet_checkpoint_is_not_offered_to_transformers(tmp_path, trained, smoke_config, tokenizer):
+    """No `transformers` class has a BitLinear's own SubLN: no config.json, so
+    `from_pretrained` refuses the directory instead of loading another model."""
+    save_checkpoint(tmp_path, trained[0], tokenizer, smoke_config, TrainingState())
+    assert not (tmp_path / "config.json").exists()
+    with pytest.raises(ValueError, match="Unrecognized model"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
