@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     freeze.add_argument("--set", dest="overrides", action="append", default=[], metavar="inference.KEY=VALUE",
                         help="the layout, e.g. inference.int8_embeddings=true or inference.tile_size=4")
 
+    imported = commands.add_parser("import", help="a transformers Llama or bitnet checkpoint as a ryot-ray one")
+    imported.add_argument("--pretrained", required=True, help="a local directory, or a hub name (online)")
+    imported.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint directory to write")
+
     info = commands.add_parser("info", help="CPU features, versions and the Ray cluster")
     _ray_options(info)
     info.add_argument("--no-ray", action="store_true", help="skip connecting to Ray")
@@ -564,8 +568,20 @@ def _freeze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from ryot_ray.train.checkpoint import atomic_directory, import_pretrained
+
+    if args.checkpoint.exists():
+        raise ConfigError(f"--checkpoint {args.checkpoint} exists; give a new directory")
+    with atomic_directory(args.checkpoint) as staging:
+        config = import_pretrained(args.pretrained, staging)
+    kind = "BitNet (ternary)" if config.model.quantization == "bitnet" else "full-precision"
+    print(f"imported {args.pretrained}: a {kind} {config.model.architecture} model -> {args.checkpoint}")
+    return 0
+
+
 COMMANDS = {"tune": _tune, "train": _train, "bench": _bench, "validate": _validate, "generate": _generate,
-            "freeze": _freeze, "info": _info}
+            "freeze": _freeze, "import": _import, "info": _info}
 
 
 def main(argv: list[str] | None = None) -> int:

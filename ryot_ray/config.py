@@ -8,6 +8,7 @@ of range is reported as one line that names the file, the key and what is allowe
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -76,7 +77,8 @@ class ModelConfig:
     architecture: str = field(default="llama", metadata=_choices(*ARCHITECTURES))
     # bitnet: every decoder linear is a BitLinear (b1.58 QAT); none: the fp32 reference.
     quantization: str = field(default="bitnet", metadata=_choices("bitnet", "none"))
-    # A Llama checkpoint to start from: a local directory, or a hub name for users online.
+    # A transformers checkpoint to start from (of `architecture`: a Llama or a bitnet model,
+    # its ternary weights as they are): a local directory, or a hub name for users online.
     pretrained: str | None = None
     # The compression knobs of a BitNet model (the fp32 reference is dense, full width):
     # nested FFN widths I, I/2, ... I/2^(depth-1) trained together (Matryoshka);
@@ -227,10 +229,9 @@ def _check_compression_knobs(config: Config, source: Path) -> None:
                           f"above it (the model has {model.mrl_depth} nested width(s))")
     _check_tile(config.inference.tile_size, source)
     if model.architecture == "bitnet":
-        for name, unused in (("sparse_k", model.sparse_k == 1), ("pretrained", model.pretrained is None)):
-            if not unused:
-                raise ConfigError(f"{source}: model.{name} is not built for architecture bitnet yet "
-                                  "(it runs on the llama architecture)")
+        if model.sparse_k != 1:
+            raise ConfigError(f"{source}: model.sparse_k is not built for architecture bitnet yet "
+                              "(it runs on the llama architecture)")
     knobs = (model.mrl_depth > 1, model.sparse_k != 1, model.activation_compression != "none")
     if model.quantization != "bitnet" and any(knobs):
         raise ConfigError(f"{source}: model.mrl_depth, sparse_k and activation_compression are BitNet knobs; "
@@ -264,6 +265,13 @@ def _check_local_paths(config: Config, source: Path) -> None:
     pretrained = config.model.pretrained
     if pretrained and pretrained.startswith(("/", ".", "~")) and not Path(pretrained).expanduser().is_dir():
         raise ConfigError(f"{source}: model.pretrained: no checkpoint directory {pretrained}")
+    described = Path(pretrained).expanduser() / "config.json" if pretrained else None
+    if described and described.is_file():
+        found = json.loads(described.read_text()).get("model_type")
+        if found != config.model.architecture:
+            hint = (f"set model.architecture: {found}" if found in ARCHITECTURES
+                    else f"ryot-ray reads {' and '.join(ARCHITECTURES)} models")
+            raise ConfigError(f"{source}: model.pretrained: {pretrained} is a {found!r} model; {hint}")
     corpus = config.data.corpus
     if corpus and Path(corpus.path).suffix in LOCAL_CORPUS_SUFFIXES and not Path(corpus.path).is_file():
         raise ConfigError(f"{source}: data.corpus.path: no such file {corpus.path}")

@@ -84,7 +84,6 @@ BAD_INPUTS = [
     ("model:\n  quantization: none\n  mrl_depth: 2\n", "are BitNet knobs; the 'none' reference is dense"),
     ("model:\n  architecture: gpt2\n", "model.architecture: 'gpt2' is not one of llama, bitnet"),
     ("model:\n  architecture: bitnet\n  sparse_k: 0.5\n", "model.sparse_k is not built for architecture bitnet"),
-    ("model:\n  architecture: bitnet\n  pretrained: x\n", "model.pretrained is not built for architecture bitnet"),
     ("inference:\n  ffn_level: 1\n", "inference.ffn_level: 1 needs model.mrl_depth above it"),
     ("inference:\n  tile_size: 0\n", "inference.tile_size: 0 is below the minimum 1"),
     ("inference:\n  kv_cache: int4\n", "inference.kv_cache: 'int4' is not one of fp32, fp16"),

@@ -29,6 +29,7 @@ from ryot_ray.model.attention import pick_attention
 from ryot_ray.model.bitlinear import BareBitLinear, BitLinear
 from ryot_ray.model.matryoshka import to_matryoshka
 from ryot_ray.model.norm import fuse_norms
+from ryot_ray.model.pretrained import load_pretrained
 from ryot_ray.model.widths import checked_widths
 
 PRESETS: dict[str, dict] = {
@@ -131,7 +132,7 @@ def build_model(
     if hf_config is not None:
         model = architecture.model(copy.deepcopy(hf_config))  # a model changes its config (attention): its own
     elif config.pretrained:
-        model = LlamaForCausalLM.from_pretrained(config.pretrained, dtype="float32", use_safetensors=True)
+        model = load_pretrained(config.pretrained, config.architecture)
     else:
         model = architecture.model(model_config(config.preset, tokenizer, config.architecture))
     if weights is not None:

@@ -30,6 +30,7 @@ from ryot_ray.atomic import write_json_atomic
 from ryot_ray.config import Config, ConfigError
 from ryot_ray.data.tokenizer import load_tokenizer
 from ryot_ray.model.build import ARCHITECTURES, build_model, exported_config
+from ryot_ray.model.pretrained import local_copy, pretrained_model_config
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -130,6 +131,17 @@ def read_checkpoint_record(directory: Path, verify: tuple[str, ...] = ()) -> dic
             raise CheckpointError(f"{tensors}: truncated or corrupted (its SHA-256 is not the one state.json "
                                   "records); restore it or resume from an earlier checkpoint")
     return record
+
+
+def import_pretrained(name: str, directory: Path) -> Config:
+    """A `transformers` checkpoint (a local directory or a hub name) as a checkpoint of
+    this layout at `directory`, the model as its checkpoint computes it (ternary where it
+    is), so validate, generate, freeze and bench decode take it as it is; its config."""
+    config = Config(model=pretrained_model_config(name))
+    tokenizer = load_tokenizer(str(local_copy(name)))
+    save_checkpoint(directory, build_model(config.model, tokenizer), tokenizer, config,
+                    TrainingState(status="finished"))
+    return config
 
 
 def load_checkpoint(directory: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Config, TrainingState]:
