@@ -149,6 +149,24 @@ def integer_linear(codes: torch.Tensor, scale: torch.Tensor, weight_codes: torch
     return steps.scale_sums(sums, scale, weight_scale, bias, out)
 
 
+def _keep(ctx, saved: tuple[torch.Tensor, ...], saver, bias, backward_dtype, steps, *tensors: torch.Tensor) -> None:
+    """What a fused layer's backward needs: the saver's tensors (`saved`), then `tensors`."""
+    ctx.saver, ctx.count, ctx.has_bias = saver, len(saved), bias is not None
+    ctx.dtype, ctx.steps = backward_dtype, steps
+    ctx.save_for_backward(*saved, *tensors)
+
+
+def _product_backward(ctx, grad: torch.Tensor, width: int):
+    """The backward of the integer product, straight through the weight's rounding to the
+    latent weight: (the output gradient in the backward dtype, the weight's and the bias's
+    gradients, the normalized input the saver rebuilds)."""
+    activations, normalized = ctx.saver.unpack(tuple(ctx.saved_tensors[: ctx.count]), width, ctx.steps, ctx.dtype)
+    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+    grad = grad.to(ctx.dtype)
+    grad_weight = (grad.reshape(-1, grad.shape[-1]).t() @ activations.reshape(-1, width)).float()
+    return grad, grad_weight, grad_bias, normalized
+
+
 class FusedBitLinear(torch.autograd.Function):
     """SubLN, int8 rounding and the integer product forward; the straight-through backward.
     Written for few passes over the activations: the elementwise work, not the products,
@@ -160,22 +178,15 @@ class FusedBitLinear(torch.autograd.Function):
         training = any(ctx.needs_input_grad)  # nothing is kept under no_grad (evaluation)
         normed, codes, scale, rstd = steps.norm_quantize(x, norm_weight, eps, training and saver.keeps_normed)
         if training:
-            saved = saver.pack(normed, codes, scale)
-            ctx.saver, ctx.count, ctx.has_bias = saver, len(saved), bias is not None
-            ctx.dtype, ctx.steps = backward_dtype, steps
-            ctx.save_for_backward(*saved, rstd, norm_weight, weight_codes, weight_scale)
+            _keep(ctx, saver.pack(normed, codes, scale), saver, bias, backward_dtype, steps,
+                  rstd, norm_weight, weight_codes, weight_scale)
         return integer_linear(codes, scale, weight_codes, weight_scale, bias, steps)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
-        *saved, rstd, norm_weight, weight_codes, weight_scale = ctx.saved_tensors
-        width = norm_weight.shape[0]
-        activations, normalized = ctx.saver.unpack(tuple(saved[: ctx.count]), width, ctx.steps, ctx.dtype)
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
-        grad = grad.to(ctx.dtype)
-        # straight through the rounding of the weight, to the latent weight
-        grad_weight = (grad.reshape(-1, grad.shape[-1]).t() @ activations.reshape(-1, width)).float()
+        rstd, norm_weight, weight_codes, weight_scale = ctx.saved_tensors[ctx.count:]
+        grad, grad_weight, grad_bias, normalized = _product_backward(ctx, grad, norm_weight.shape[0])
         # straight through the rounding of the activations: grad_normed = codes_grad · weight_scale
         codes_grad = grad @ weight_codes.to(ctx.dtype)
         usable = norm_weight.abs() > NORM_WEIGHT_FLOOR
@@ -194,21 +205,14 @@ class FusedQuantizedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, weight_codes, weight_scale, bias, saver, backward_dtype, steps):
         codes, scale = steps.quantize(x)
         if any(ctx.needs_input_grad):  # nothing is kept under no_grad (evaluation)
-            saved = saver.pack(x, codes, scale)
-            ctx.saver, ctx.count, ctx.has_bias = saver, len(saved), bias is not None
-            ctx.dtype, ctx.steps = backward_dtype, steps
-            ctx.save_for_backward(*saved, weight_codes, weight_scale)
+            _keep(ctx, saver.pack(x, codes, scale), saver, bias, backward_dtype, steps, weight_codes, weight_scale)
         return integer_linear(codes, scale, weight_codes, weight_scale, bias, steps)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
-        *saved, weight_codes, weight_scale = ctx.saved_tensors
-        width = weight_codes.shape[1]
-        activations, _ = ctx.saver.unpack(tuple(saved[: ctx.count]), width, ctx.steps, ctx.dtype)
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
-        grad = grad.to(ctx.dtype)
-        grad_weight = (grad.reshape(-1, grad.shape[-1]).t() @ activations.reshape(-1, width)).float()
+        weight_codes, weight_scale = ctx.saved_tensors[ctx.count:]
+        grad, grad_weight, grad_bias, _ = _product_backward(ctx, grad, weight_codes.shape[1])
         grad_x = (grad @ weight_codes.to(ctx.dtype)).float().mul_(weight_scale)
         return grad_x, grad_weight, None, None, grad_bias, None, None, None
 
