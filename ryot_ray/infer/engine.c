@@ -50,14 +50,14 @@ typedef struct {
     int64_t tokens_per_tile; /* ternary: tokens per micro-tile */
     int64_t rows[MAX_SEGMENTS];
     float scale[MAX_SEGMENTS];       /* ternary: weight = (code - 1) * scale */
-    const float *gain[MAX_SEGMENTS]; /* ternary: the RMSNorm gain of each segment's input */
+    const float *gain[MAX_SEGMENTS]; /* ternary: the RMSNorm gain of each segment's input; fp32 o, down: a sub-norm's */
     const void *data;                /* the segments' weights, one after another */
     const float *row_scale;          /* int8 rows: weight = code * row_scale[row] */
     const int32_t *row_sums;         /* int8 rows: sum of each row's codes */
 } ryot_linear;
 
 typedef struct {
-    const float *attn_norm, *ffn_norm; /* the block's RMSNorm weights */
+    const float *attn_norm, *ffn_norm; /* the block's RMSNorm weights (NULL: the ternary linears norm) */
     ryot_linear qkv, o, gate_up, down;
 } ryot_layer;
 
@@ -612,6 +612,10 @@ ryot_engine *ryot_engine_new(const ryot_model *md, int64_t slots, int64_t max_le
         const ryot_linear *block[3] = {&layer->qkv, &layer->o, &layer->gate_up};
         for (int i = 0; i < 3; i++)
             if (block[i]->kind != LINEAR_TERNARY && block[i]->kind != LINEAR_FP32) return NULL;
+        /* without a block norm, the linear after it norms its input (a ternary one's gains) */
+        if ((!layer->attn_norm && layer->qkv.kind != LINEAR_TERNARY) ||
+            (!layer->ffn_norm && layer->gate_up.kind != LINEAR_TERNARY))
+            return NULL;
         if (!linear_ok(&layer->qkv, h, 3) || !linear_ok(&layer->o, q_dim, 1) || !linear_ok(&layer->gate_up, h, 2) ||
             !linear_ok(down, inter, 1) || down->kind == LINEAR_INT8)
             return NULL;

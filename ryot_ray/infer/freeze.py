@@ -29,7 +29,7 @@ from ryot_ray.model.matryoshka import MatryoshkaMLP, TopK
 from ryot_ray.model.quantize import EPS, ternarize
 
 
-FFN_ACTIVATIONS = {"llama": "silu", "bitnet": "relu2"}  # the architectures the native step runs
+ARCHITECTURE_ACTIVATIONS = {"llama": "silu", "bitnet": "relu2"}  # the architectures the native step runs
 
 
 class FreezeError(ValueError):
@@ -80,12 +80,12 @@ def _gains(model: PreTrainedModel, index: int) -> dict[str, list[torch.Tensor] |
 
 def _check(model: PreTrainedModel) -> None:
     config = model.config
-    if config.model_type not in FFN_ACTIVATIONS:
-        raise FreezeError(f"the native step runs the {' and '.join(FFN_ACTIVATIONS)} architectures, "
+    if config.model_type not in ARCHITECTURE_ACTIVATIONS:
+        raise FreezeError(f"the native step runs the {' and '.join(ARCHITECTURE_ACTIVATIONS)} architectures, "
                           f"not {config.model_type!r}")
-    if config.hidden_act != FFN_ACTIVATIONS[config.model_type]:
+    if config.hidden_act != ARCHITECTURE_ACTIVATIONS[config.model_type]:
         raise FreezeError(f"hidden_act {config.hidden_act!r}: the native step runs {config.model_type} FFNs with "
-                          f"{FFN_ACTIVATIONS[config.model_type]}")
+                          f"{ARCHITECTURE_ACTIVATIONS[config.model_type]}")
     for index in range(config.num_hidden_layers):
         for name, group in _linears(model, index).items():
             if any(linear.bias is not None for linear in group):
@@ -161,7 +161,7 @@ def freeze(model: PreTrainedModel, tokenizer, rows_per_tile: int | None = None, 
     if config.model_type == "bitnet":  # its block's norms and sub-norms are the gains
         subln_eps.add(config.rms_norm_eps)
     if len(subln_eps) > 1:
-        raise FreezeError(f"the BitLinear norms use different eps {sorted(subln_eps)}; the native step takes one")
+        raise FreezeError(f"the norms inside the linears use different eps {sorted(subln_eps)}; the native step takes one")
     embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings()
     if int8_embeddings:
         codes, scale = int8_rows(embedding)
@@ -179,7 +179,7 @@ def freeze(model: PreTrainedModel, tokenizer, rows_per_tile: int | None = None, 
     rotary = model.model.rotary_emb
     arrays["rope.inv_freq"] = _numpy(rotary.inv_freq)
     meta = {
-        "architecture": config.model_type, "ffn_activation": FFN_ACTIVATIONS[config.model_type],
+        "architecture": config.model_type, "ffn_activation": ARCHITECTURE_ACTIVATIONS[config.model_type],
         "weights": "ternary" if bitnet else "fp32",
         "hidden": config.hidden_size, "intermediate": config.intermediate_size,
         "layers": config.num_hidden_layers, "heads": config.num_attention_heads,

@@ -23,7 +23,7 @@ import numpy as np
 from ryot_ray.atomic import write_atomic
 
 MAGIC = b"RYOTFRZ1"
-FORMAT = 1
+FORMAT = 2  # 2: bitnet blocks (norms as gains, relu², fp32 sub-norms)
 ALIGN = 64
 PAGE = 4096
 

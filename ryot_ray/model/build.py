@@ -125,16 +125,17 @@ def build_model(
     weights: dict[str, torch.Tensor] | None = None,
 ) -> PreTrainedModel:
     """A fresh model of `config.architecture` at a preset, at the given `transformers`
-    config, or `config.pretrained`'s weights (a Llama); `weights` (a full-precision state
+    config, or `config.pretrained`'s weights; `weights` (a full-precision state
     dict of the same shapes) replace those before the linears are swapped, so a BitNet
     model can start from a trained fp32 one."""
     architecture = ARCHITECTURES[config.architecture]
     if hf_config is not None:
         model = architecture.model(copy.deepcopy(hf_config))  # a model changes its config (attention): its own
     elif config.pretrained:
-        model = load_pretrained(config.pretrained, config.architecture)
+        model = load_pretrained(config)
     else:
         model = architecture.model(model_config(config.preset, tokenizer, config.architecture))
     if weights is not None:
         model.load_state_dict(weights)
-    return pick_attention(LINEAR_BUILDERS[config.quantization](model, config), config.activation_compression)
+    compression = config.activation_compression if config.quantization == "bitnet" else "none"
+    return pick_attention(LINEAR_BUILDERS[config.quantization](model, config), compression)

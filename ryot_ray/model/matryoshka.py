@@ -79,7 +79,9 @@ class SiluGate(nn.Module):
 
 
 class ActivationGate(nn.Module):
-    """act(gate) · up for an activation other than SiLU (a pretrained model's), in autograd."""
+    """act(gate) · up for an activation other than SiLU (the bitnet block's relu², a
+    pretrained model's), in autograd: it keeps fp32 tensors whatever the saved-activation
+    knob says."""
 
     def __init__(self, act_fn: nn.Module):
         super().__init__()

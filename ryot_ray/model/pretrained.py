@@ -2,15 +2,19 @@
 name for users online): a Llama, or a BitNet b1.58 2B4T (`bitnet`) model.
 
 A `bitnet` checkpoint is read as the full-precision `BitNetForCausalLM` the model builder
-turns into BitLinears: float weights as they are, and ternary weights stored packed
-(`transformers`' `bitnet` quantization, "offline": 2-bit codes and one `weight_scale`
-per linear, weight = codes / weight_scale) as latent weights that ternarize back to
-exactly those codes and that scale (`latent_weight`), so the BitNet model computes what
-the checkpoint does and training goes on from there.
+turns into BitLinears. `transformers`' `bitnet` quantization stores a linear three ways:
+latent float weights it ternarizes as it loads them (`autobitlinear`, "online": read as
+they are); packed 2-bit codes and a `weight_scale` (`bitlinear`, its default: weight =
+codes / weight_scale); ternary values and a `weight_scale` (`autobitlinear`, "offline":
+weight = values · weight_scale). The last two become, for a BitNet model, latent weights
+that ternarize back to exactly those codes and that scale (`latent_weight`), so it
+computes what the checkpoint does and training goes on from there; for the
+full-precision model, the weights the checkpoint computes with.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,12 +26,29 @@ from transformers.integrations.bitnet import unpack_weights
 from ryot_ray.config import ARCHITECTURES, ConfigError, ModelConfig
 
 FILES = ["*.json", "*.safetensors", "tokenizer*"]  # what a hub download fetches
+WEIGHTS, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"  # save_pretrained's names
 
 
 def local_copy(name: str) -> Path:
     """The checkpoint's directory: `name` itself, or the hub's cached download of it."""
     path = Path(name).expanduser()
     return path if path.is_dir() else Path(snapshot_download(name, allow_patterns=FILES))
+
+
+def _ternary_storage(config) -> dict | None:
+    """The checkpoint's `bitnet` quantization config (None: full precision), checked."""
+    quantization = getattr(config, "quantization_config", None) or {}
+    if not hasattr(quantization, "get"):
+        quantization = quantization.to_dict()
+    if quantization.get("quant_method") != "bitnet":
+        return None
+    if config.model_type != "bitnet":
+        raise ConfigError(f"model.pretrained: a {config.model_type!r} model with bitnet quantization (its linears "
+                          "norm their own inputs); ryot-ray reads bitnet quantization on bitnet models")
+    if quantization.get("use_rms_norm"):
+        raise ConfigError("model.pretrained: bitnet quantization with use_rms_norm (a norm inside each linear) "
+                          "is not the bitnet block ryot-ray builds")
+    return quantization
 
 
 def pretrained_model_config(name: str) -> ModelConfig:
@@ -38,8 +59,7 @@ def pretrained_model_config(name: str) -> ModelConfig:
     if config.model_type not in ARCHITECTURES:
         raise ConfigError(f"model.pretrained: {name} is a {config.model_type!r} model; ryot-ray reads "
                           f"{' and '.join(ARCHITECTURES)} models")
-    quantization = getattr(config, "quantization_config", None) or {}
-    ternary = quantization.get("quant_method") == "bitnet"
+    ternary = _ternary_storage(config) is not None
     return ModelConfig(architecture=config.model_type, quantization="bitnet" if ternary else "none", pretrained=name)
 
 
@@ -51,36 +71,54 @@ def latent_weight(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return codes.float() * (scale / nonzero)
 
 
-def _bitnet(directory: Path) -> BitNetForCausalLM:
+def _tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """The model's tensors: `model.safetensors`, or the shards its index names (not the
+    other safetensors beside them, e.g. a ryot-ray checkpoint's optimizer state)."""
+    index = directory / WEIGHTS_INDEX
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [WEIGHTS]
+    if not all((directory / file).is_file() for file in files):
+        raise ConfigError(f"model.pretrained: {directory} has no {' '.join(files)} (safetensors weights)")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state |= load_file(directory / file)
+    return state
+
+
+def _bitnet(directory: Path, ternary_latents: bool) -> BitNetForCausalLM:
     config = BitNetConfig.from_pretrained(directory)
-    quantization = getattr(config, "quantization_config", None) or {}
+    storage = _ternary_storage(config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the model builder makes the BitLinears
-    mode = quantization.get("quantization_mode", "online") if quantization else None
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        state |= load_file(file)
-    if mode == "offline":
-        for key in [k for k in state if k.endswith(".weight_scale")]:
-            prefix = key.removesuffix("_scale")
-            codes = unpack_weights(state[prefix], dtype=torch.float32)
-            state[prefix] = latent_weight(codes, 1.0 / state.pop(key).float())
+    state = _tensors(directory)
+    packed = storage is not None and storage.get("linear_class", "bitlinear") == "bitlinear"
+    for key in [k for k in state if k.endswith(".weight_scale")]:
+        prefix = key.removesuffix("_scale")
+        scale = state.pop(key).float()
+        if packed:  # weight = codes / weight_scale
+            codes, scale = unpack_weights(state[prefix], dtype=torch.float32), 1.0 / scale
+        else:  # autobitlinear offline: weight = values · weight_scale
+            codes = state[prefix].float()
+        state[prefix] = latent_weight(codes, scale) if ternary_latents else codes * scale
     model = BitNetForCausalLM(config)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise ValueError(f"{directory}: not the weights of a BitNetForCausalLM (missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]})")
+        raise ConfigError(f"model.pretrained: {directory} does not hold a BitNetForCausalLM's weights (missing "
+                          f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
     model.tie_weights()
     return model
 
 
-def load_pretrained(name: str, architecture: str) -> PreTrainedModel:
-    """The full-precision `transformers` model of checkpoint `name`, of `architecture`
-    (a local checkpoint's is checked with the config; a hub model's here)."""
-    found = AutoConfig.from_pretrained(local_copy(name)).model_type
-    if found != architecture:
-        raise ValueError(f"model.pretrained: {name} is a {found!r} model, not {architecture!r}")
-    if architecture == "bitnet":
-        return _bitnet(local_copy(name))
-    return LlamaForCausalLM.from_pretrained(name, dtype="float32", use_safetensors=True)
+def load_pretrained(config: ModelConfig) -> PreTrainedModel:
+    """The full-precision `transformers` model of `config.pretrained`, of
+    `config.architecture` (a local checkpoint's is checked with the config, a hub
+    model's here); a bitnet model's stored ternary linears as latent weights where the
+    BitNet model is built (`quantization: bitnet`), as they compute otherwise."""
+    directory = local_copy(config.pretrained)
+    found = AutoConfig.from_pretrained(directory).model_type
+    if found != config.architecture:
+        raise ConfigError(f"model.pretrained: {config.pretrained} is a {found!r} model, not {config.architecture!r}")
+    if found == "bitnet":
+        return _bitnet(directory, ternary_latents=config.quantization == "bitnet")
+    _ternary_storage(AutoConfig.from_pretrained(directory))  # refuses a quantized Llama
+    return LlamaForCausalLM.from_pretrained(directory, dtype="float32", use_safetensors=True)

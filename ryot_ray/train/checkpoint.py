@@ -135,8 +135,10 @@ def read_checkpoint_record(directory: Path, verify: tuple[str, ...] = ()) -> dic
 
 def import_pretrained(name: str, directory: Path) -> Config:
     """A `transformers` checkpoint (a local directory or a hub name) as a checkpoint of
-    this layout at `directory`, the model as its checkpoint computes it (ternary where it
-    is), so validate, generate, freeze and bench decode take it as it is; its config."""
+    this layout at `directory`, the model as its checkpoint computes it: a ternary one
+    (a bitnet model stored ternary) that validate, generate, freeze and bench decode take
+    as it is, or a full-precision one (a reference for validate, a start for train); its
+    config."""
     config = Config(model=pretrained_model_config(name))
     tokenizer = load_tokenizer(str(local_copy(name)))
     save_checkpoint(directory, build_model(config.model, tokenizer), tokenizer, config,

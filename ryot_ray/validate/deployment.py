@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig
+from transformers import PretrainedConfig
 
 from ryot_ray.config import Config, ConfigError, ModelConfig, Phase1Targets
 from ryot_ray.data.tokenizer import build_char_tokenizer
@@ -33,7 +33,7 @@ from ryot_ray.infer.freeze import freeze
 from ryot_ray.infer.load import native_engine
 from ryot_ray.infer.speed import digit_prompt, engine_speed
 from ryot_ray.memory import in_fresh_process
-from ryot_ray.model.build import PRESETS, build_model, model_config
+from ryot_ray.model.build import ARCHITECTURES, PRESETS, build_model, model_config
 from ryot_ray.stats import median_uncertainty, spread
 from ryot_ray.validate.verdicts import phase1_verdicts
 
@@ -41,32 +41,36 @@ PROMPT_TOKENS = 128  # the prompt TTFT is judged at
 NEW_TOKENS = 64  # tokens per timed answer
 
 
-def deployment_shape(name: str, where: str = "validate.deploy_preset") -> LlamaConfig:
-    """A preset's Llama shape, or a local `transformers` config (a config.json or its
-    directory; nothing is downloaded); `where` names the setting in errors."""
+def deployment_shape(name: str, where: str = "validate.deploy_preset", architecture: str = "llama") -> PretrainedConfig:
+    """A preset's shape in `architecture`, or a local `transformers` config of it (a
+    config.json or its directory; nothing is downloaded); `where` names the setting in
+    errors."""
     if name in PRESETS:
-        return model_config(name, build_char_tokenizer())
+        return model_config(name, build_char_tokenizer(), architecture)
     path = Path(name).expanduser()
     if not path.exists():
         raise ConfigError(f"{where}: {name!r} is neither a preset ({', '.join(PRESETS)}) "
                           "nor a local transformers config")
     try:
-        return LlamaConfig.from_pretrained(path)
+        return ARCHITECTURES[architecture].config.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{where}: {path}: {error}") from None
 
 
-def frozen_pair(config: Config, shape: LlamaConfig) -> dict:
+def frozen_pair(config: Config, shape: PretrainedConfig) -> dict:
     """The optimized configuration and the fp32 reference at `shape`, random weights, frozen."""
     tokenizer = build_char_tokenizer()
     torch.manual_seed(config.seed)
-    knobs = ModelConfig(quantization="bitnet", mrl_depth=config.model.mrl_depth, sparse_k=config.model.sparse_k)
+    architecture = config.model.architecture
+    knobs = ModelConfig(architecture=architecture, quantization="bitnet", mrl_depth=config.model.mrl_depth,
+                        sparse_k=config.model.sparse_k)
     bitnet = build_model(knobs, tokenizer, hf_config=shape)
     tune_tiles(bitnet, config.inference)
     inference = config.inference
     optimized = freeze(bitnet, tokenizer, inference.tile_size, inference.int8_embeddings, sparse=True)
     del bitnet
-    reference = freeze(build_model(ModelConfig(quantization="none"), tokenizer, hf_config=shape), tokenizer)
+    reference = freeze(build_model(ModelConfig(architecture=architecture, quantization="none"), tokenizer,
+                                   hf_config=shape), tokenizer)
     return {"optimized": optimized, "reference": reference}
 
 
@@ -93,7 +97,7 @@ def decode_step_times(config: Config, preset: str, threads: int, spread_goal: fl
     key = (preset, config.seed, config.model.mrl_depth, config.model.sparse_k, inference.tile_size,
            inference.int8_embeddings, inference.kv_cache, inference.ffn_level, inference.rlvr_paths, threads)
     if key not in _step_times:
-        frozen = frozen_pair(config, deployment_shape(preset))
+        frozen = frozen_pair(config, deployment_shape(preset, architecture=config.model.architecture))
         counts = range(1, max(inference.rlvr_paths, 1) + 1)
         max_length = TRIAL_PROMPT_TOKENS + TRIAL_STEPS + 2
         optimized = native_engine(frozen["optimized"], counts[-1], max_length, threads, inference.kv_cache)
@@ -133,7 +137,7 @@ def forced_work_speedups(times: dict, work: list[tuple[int, int]]) -> list[float
 def measure_deployment(config: Config, preset: str, targets: Phase1Targets, retention: float | None,
                        token_ratio: float | None, rounds: int, memory: bool) -> dict:
     started = time.perf_counter()
-    shape = deployment_shape(preset)
+    shape = deployment_shape(preset, architecture=config.model.architecture)
     frozen = frozen_pair(config, shape)
     inference = config.inference
     paths = max(inference.rlvr_paths, 1)

@@ -3,6 +3,7 @@ online-quantized or packed ternary weights, made here with `transformers` and sa
 `save_pretrained` (no network)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from ryot_ray.model.bitlinear import BareBitLinear
 from ryot_ray.model.build import ONLINE_TERNARY, build_model, model_config
 from ryot_ray.model.pretrained import latent_weight, pretrained_model_config
 from ryot_ray.model.quantize import ternarize
+from ryot_ray.train.checkpoint import TrainingState, save_checkpoint
 
 OFFLINE_TERNARY = {"quant_method": "bitnet", "linear_class": "bitlinear", "quantization_mode": "offline"}
 PROMPT = "12+34|"
@@ -77,3 +79,50 @@ def test_a_llama_checkpoint_is_not_read_as_a_bitnet_one(tmp_path, tokenizer):
     with pytest.raises(ConfigError, match="is a 'llama' model; set model.architecture: llama"):
         load_config(path)
     assert pretrained_model_config(str(tmp_path)) == ModelConfig(quantization="none", pretrained=str(tmp_path))
+
+
+def test_packed_weights_are_what_the_checkpoint_computes_with_for_the_full_precision_model(tmp_path, tokenizer):
+    source = bitnet_checkpoint(tmp_path, tokenizer, OFFLINE_TERNARY)
+    config = ModelConfig(architecture="bitnet", quantization="none", pretrained=str(tmp_path))
+    weight = build_model(config, tokenizer).model.layers[0].mlp.down_proj.weight
+    codes, scale = ternarize(source.model.layers[0].mlp.down_proj.weight)
+    assert torch.allclose(weight, codes * scale, rtol=1e-6)
+
+
+def test_ternary_values_with_a_scale_read_as_transformers_reads_them(tmp_path, tokenizer):
+    """`autobitlinear` stored offline: ternary values, the output times `weight_scale`."""
+    source = bitnet_checkpoint(tmp_path, tokenizer, None)
+    state = {name: tensor.contiguous() for name, tensor in source.state_dict().items()}
+    for name in [n for n in state if n.startswith("model.layers.") and n.endswith("_proj.weight")]:
+        codes, scale = ternarize(state[name])
+        state[name], state[name + "_scale"] = codes, scale.reshape(1)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    storage = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
+    config = json.loads((tmp_path / "config.json").read_text()) | {"quantization_config": storage}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = build_model(pretrained_model_config(str(tmp_path)), tokenizer)
+    for name, tensor in state.items():
+        if name.endswith("_proj.weight"):
+            got = ternarize(model.get_parameter(name).detach())
+            assert torch.equal(got[0], tensor) and torch.allclose(got[1], state[name + "_scale"][0], rtol=1e-6)
+
+
+def test_a_ryot_ray_checkpoint_is_read_without_its_optimizer_state(tmp_path, tokenizer, smoke_config):
+    config = replace(smoke_config, model=ModelConfig(preset="tiny", architecture="bitnet"))
+    model = build_model(config.model, tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters())
+    batch = tokenizer(["1+1|>2"], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    optimizer.step()
+    save_checkpoint(tmp_path, model, tokenizer, config, TrainingState(), optimizer)
+    assert (tmp_path / "optimizer.safetensors").is_file()
+    again = build_model(ModelConfig(architecture="bitnet", pretrained=str(tmp_path)), tokenizer)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_llama_with_bitnet_quantization_is_refused_by_name(tmp_path, tokenizer):
+    model = LlamaForCausalLM(model_config("tiny", tokenizer))
+    model.config.quantization_config = ONLINE_TERNARY
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="a 'llama' model with bitnet quantization"):
+        pretrained_model_config(str(tmp_path))
