@@ -193,9 +193,10 @@ def _new_space(path: Path, config: Path | None, samples: int | None, address: st
         space.samples = samples
     check_knobs(space.base.model)
     _check_memory(space.base, address)
-    _check_deployment(space.base.validate.deploy_preset, "validate.deploy_preset")
+    architecture = space.base.model.architecture
+    _check_deployment(space.base.validate.deploy_preset, "validate.deploy_preset", architecture)
     if space.speed_at != "model":
-        _check_deployment(space.speed_at, f"{space.source}: speed_at", needs_native=True)
+        _check_deployment(space.speed_at, f"{space.source}: speed_at", architecture, needs_native=True)
     return space
 
 
@@ -326,14 +327,14 @@ def _bench_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_deployment(shape: str | None, where: str, needs_native: bool = False) -> None:
+def _check_deployment(shape: str | None, where: str, architecture: str, needs_native: bool = False) -> None:
     """A deployment shape is known before Ray starts (a bad one is one line, exit 2), and
     so is a missing native step where nothing can stand in for it."""
     if shape:
         from ryot_ray.infer.load import engine_path
         from ryot_ray.validate.deployment import deployment_shape
 
-        deployment_shape(shape, where)
+        deployment_shape(shape, where, architecture)
         if needs_native and (path := engine_path()).name != "native":
             raise ConfigError(f"{where}: {shape} is measured by the native step, which cannot run here ({path.reason})")
 
@@ -511,7 +512,7 @@ def _validate(args: argparse.Namespace) -> int:
     if config.model.quantization != "bitnet":
         raise ConfigError(f"{args.checkpoint} holds the fp32 reference ({config.model.quantization!r}); validate takes "
                           "a BitNet checkpoint (give the reference as --reference)")
-    _check_deployment(config.validate.deploy_preset, "validate.deploy_preset")
+    _check_deployment(config.validate.deploy_preset, "validate.deploy_preset", config.model.architecture)
     if args.reference is not None:
         _inference_config(args.reference, [])
     targets = load_phase1(args.phase1)
