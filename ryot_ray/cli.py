@@ -153,7 +153,7 @@ def _train(args: argparse.Namespace) -> int:
         directory = experiment_dir(args.results_dir, name, resume=False)
     _check_memory(config, args.address)
 
-    from ryot_ray.train.loop import epoch_line
+    from ryot_ray.train.loop import DIVERGED, epoch_line
     from ryot_ray.train.run import run_training
 
     _connect(args, directory.name)
@@ -172,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"worker group restarted {len(restarts)} time(s) after a failure, from epoch(s) "
               f"{', '.join(str(r['epoch']) for r in restarts)}")
     print(f"report: {outcome.report_path}")
-    if outcome.status == "diverged":
+    if outcome.status == DIVERGED:
         last = outcome.report["epochs"][-1]
         print(f"training stopped at epoch {last['epoch']}, step {last['step']}: the loss is not finite; "
               f"last good checkpoint: {outcome.checkpoint or 'none'}", file=sys.stderr)

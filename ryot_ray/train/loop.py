@@ -48,6 +48,8 @@ from ryot_ray.train.distributed import all_reduce, world_size
 from ryot_ray.train.evaluate import exact_match, mean_loss
 from ryot_ray.train.schedule import two_stage
 
+DIVERGED = "diverged"  # a run's status once its loss stopped being finite
+
 SPIKE_WINDOW = 50  # steps of history an anomaly is judged against
 # Ray Train logs every report's whole metrics dict at INFO, from a logger named after its
 # source file (so RunConfig's LoggingConfig, which filters "ray.train", misses it).
@@ -164,7 +166,7 @@ def epoch_record(stats: EpochStats, state: TrainingState, seconds: float) -> dic
     return {
         "epoch": state.epoch + 1,
         "step": state.step,
-        "status": "diverged" if stats.diverged else "ok",
+        "status": DIVERGED if stats.diverged else "ok",
         "train_loss": statistics.fmean(stats.losses) if stats.losses else float("nan"),
         "lr": stats.lr,
         "tokens_per_s": float(tokens) / seconds,
@@ -189,11 +191,12 @@ def epoch_line(record: dict) -> str:
 
 def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None = None,
                           run_id: str | None = None, start_weights: ray.ObjectRef | None = None,
-                          progress: bool = False) -> None:
+                          progress: bool = False) -> dict | None:
     """`start_weights`: a full-precision state dict in the object store (so every node reads
     it) that a run without a checkpoint starts from. `progress`: rank 0 logs progress
     lines during each epoch and the epoch's line after it (Ray forwards them to the
-    driver's console); a Tune search prints its own line per trial and epoch instead."""
+    driver's console); a Tune search prints its own line per trial and epoch instead.
+    Returns the worker's last report (`fit()` returns rank 0's: a Tune trial reports it)."""
     setup_start = time.perf_counter()
     quiet_report_logging()
     config = Config.from_dict(loop_config)
@@ -236,20 +239,22 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
                        batch_size=config.eval.batch_size, rank=rank, world=world)
 
     setup_time = time.perf_counter() - setup_start  # model, data, process group: reported once per process
+    record = None
     if state.epoch >= config.train.epochs and state.history:
         # restarted after its last checkpoint (e.g. a resumed Tune trial): report where it
         # ended again, with that checkpoint, marked so that its timers are not counted twice
-        ray.train.report(state.history[-1] | {"replayed": True}, checkpoint=checkpoint if rank == 0 else None)
-    while state.epoch < config.train.epochs and state.status != "diverged":
+        record = state.history[-1] | {"replayed": True}
+        ray.train.report(record, checkpoint=checkpoint if rank == 0 else None)
+    while state.epoch < config.train.epochs and state.status != DIVERGED:
         sampler.set_epoch(state.epoch)
         start = time.perf_counter()
         progress_every = max(1, total_steps // config.train.epochs // 10) if progress and rank == 0 else 0
         stats = train_epoch(model, loader, optimizer, state, total_steps, config, progress_every)
         record = epoch_record(stats, state, time.perf_counter() - start)
         if stats.diverged:
-            state.status = "diverged"
+            state.status = DIVERGED
             ray.train.report(record)
-            return
+            return record
         core.eval()
         eval_start = time.perf_counter()
         record["val_loss"] = mean_loss(core, validation_examples, tokenizer.pad_token_id,
@@ -278,6 +283,7 @@ def train_loop_per_worker(loop_config: dict, epoch_metrics: EpochMetrics | None 
         if progress and rank == 0:
             log.info(epoch_line(record))
         _report(record, core, tokenizer, config, state, optimizer, rank)
+    return record
 
 
 def narrower_widths(model: torch.nn.Module, evaluate, problems, full_width_accuracy: float) -> dict:

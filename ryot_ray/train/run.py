@@ -28,7 +28,7 @@ from ryot_ray.machine import machine_facts
 from ryot_ray.memory import training_allocator_env
 from ryot_ray.train.experiment import CONFIG_FILE
 from ryot_ray.train.checkpoint import CheckpointError, TrainingState, atomic_directory, read_checkpoint_record
-from ryot_ray.train.loop import train_loop_per_worker
+from ryot_ray.train.loop import DIVERGED, train_loop_per_worker
 
 REPORT_FILE = "training_metrics_report.json"
 STATE_TRACKING_ENV = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # read by TorchTrainer.fit in this process
@@ -107,7 +107,7 @@ def run_training(config: Config, directory: Path) -> TrainingOutcome:
                 shutil.copytree(source, target, dirs_exist_ok=True)
         history = list(state.history)
     status = result.metrics.get("status", "ok") if result.metrics else "ok"
-    if status == "diverged":
+    if status == DIVERGED:
         history.append(result.metrics)
     report = {
         "experiment": directory.name,

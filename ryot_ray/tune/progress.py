@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
+from ryot_ray.train.loop import DIVERGED
+
 
 class TrialProgress(Callback):
     def __init__(self, max_t: int, lines: list[str] | None = None):
@@ -27,7 +29,7 @@ class TrialProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         epochs = last.get("epoch", 0)
-        if last.get("status") == "diverged":
+        if last.get("status") == DIVERGED:
             how = "diverged (the loss is not finite)"
         else:
             how = "completed" if epochs >= self.max_t else "stopped early"

@@ -12,12 +12,12 @@ from __future__ import annotations
 import ray.tune
 
 from ryot_ray.stats import spread
+from ryot_ray.train.loop import DIVERGED  # the trial has no objective for that epoch
 from ryot_ray.tune.objective import FORMULA
 from ryot_ray.tune.space import SearchSpace
 from ryot_ray.tune.tuner import METRIC, Reference, SearchError
 
 STOPPED_EARLY = "stopped early"
-DIVERGED = "diverged"  # the loss stopped being finite; the trial has no objective for that epoch
 TIMERS = ("setup_time_s", "epoch_time_s", "eval_time_s", "measure_time_s")
 FIGURES = ("objective", "speedup", "inference_accuracy", "accuracy_retention", "accuracy", "speedup_rounds", "speedup_spread",
            "paths_per_problem", "node", "node_id", "cpu", "kernel_path", "threads")
@@ -67,7 +67,7 @@ def trial_record(result: ray.tune.Result, space: SearchSpace) -> dict:
     epochs = int(metrics.get("epoch", 0))
     if result.error is not None:
         status = "errored"
-    elif metrics.get("status") == "diverged":
+    elif metrics.get("status") == DIVERGED:
         status = DIVERGED
     elif epochs < space.scheduler.max_t:
         status = STOPPED_EARLY
