@@ -12,7 +12,9 @@ from ryot_ray.train.loop import EpochStats, _flag_anomalies, build_optimizer, tr
 
 def run_in_process(config: Config, loop=train_loop_per_worker) -> dict:
     trainer = TorchTrainer(loop, train_loop_config=config.to_dict(), scaling_config=ScalingConfig(num_workers=0))
-    return trainer.fit().metrics
+    result = trainer.fit()
+    assert result.return_value == result.metrics  # the loop returns its last report (a Tune trial reports it)
+    return result.metrics
 
 
 def test_epoch_metrics_are_added_after_each_evaluation(smoke_config):
