@@ -20,6 +20,7 @@ import statistics
 
 import torch
 from torch import nn
+from transformers.activations import ACT2FN
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from ryot_ray.bench import sequence_text
@@ -40,7 +41,7 @@ from ryot_ray.machine import machine_facts
 from ryot_ray.model.bitlinear import BitLinear
 from ryot_ray.model.build import PRESETS, build_model
 from ryot_ray.model.compression import BACKWARD_DTYPE
-from ryot_ray.model.matryoshka import ActivationGate, SiluGate
+from ryot_ray.model.matryoshka import ActivationGate, KeptGate
 from ryot_ray.model.norm import FusedRMSNorm
 from ryot_ray.train.loop import build_optimizer
 
@@ -105,7 +106,7 @@ def _train_steps(config_dict: dict, variant: str, steps: int, threads: int,
 
 def _plain_autograd(model: nn.Module) -> nn.Module:
     """The BitNet model as plain autograd computes it: fake-quantized BitLinears, the Llama
-    RMSNorms, silu(gate) · up in torch operations; the same weights."""
+    RMSNorms, act(gate) · up in torch operations; the same weights."""
     for module in list(model.modules()):
         if isinstance(module, BitLinear):
             module.quantized_linear = module.reference
@@ -114,8 +115,8 @@ def _plain_autograd(model: nn.Module) -> nn.Module:
                 norm = LlamaRMSNorm(child.weight.shape[0], child.variance_epsilon)
                 norm.weight = child.weight
                 setattr(module, name, norm)
-            elif isinstance(child, SiluGate):
-                setattr(module, name, ActivationGate(nn.SiLU()))
+            elif isinstance(child, KeptGate):
+                setattr(module, name, ActivationGate(ACT2FN[child.gating.name]))
     return model
 
 

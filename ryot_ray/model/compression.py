@@ -19,7 +19,7 @@ What the function keeps of the activations is the `activation_compression` knob,
   from them (activations / norm weight), off by the int8 rounding.
 - `binary`: sign bits and one scale per token (the mean magnitude), 1/32 of the bits;
   lossy everywhere the activations are used.
-Each saver also says how the FFN's silu(gate) · up (`matryoshka.SiluMul`) keeps its two
+Each saver also says how the FFN's act(gate) · up (`matryoshka.GateMul`) keeps its two
 inputs (its `ffn_keeper`): in fp32 for `none` (autograd would keep three tensors), as
 int8 codes for `int8` and `binary`, rounded as the activations are; and how the decoder's
 RMSNorms keep theirs (`norm_keeper`, `norm.RMSNormFunction`): fp32 for `none`, bf16 for

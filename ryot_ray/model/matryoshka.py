@@ -7,13 +7,15 @@ narrower width computes less and reads fewer weights without a copy. Training sa
 one width per micro-batch (every worker draws the same one), so a step costs what one
 width costs and each width gets 1/depth of the updates.
 
-The gate silu(gate) · up is one autograd function (`SiluMul`) that keeps its inputs as
-the saved-activation knob says.
+The gate act(gate) · up (SiLU in a Llama, relu² in a bitnet block) is one autograd
+function (`GateMul`) that keeps its inputs as the saved-activation knob says.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,18 +43,43 @@ class TopK(nn.Module):
         return f"sparse_k={self.sparse_k}"
 
 
-class SiluMul(torch.autograd.Function):
-    """The FFN's silu(gate) · up, keeping its two inputs (not autograd's three tensors) the
+@dataclass(frozen=True)
+class Gating:
+    """act(gate) · up and its gradients, by `transformers`' name of act."""
+
+    name: str
+    forward: Callable  # (gate, up, steps) -> act(gate) · up
+    backward: Callable  # (grad, gate, up, steps) -> (grad_gate, grad_up)
+
+
+def _relu2_mul(gate, up, steps):
+    return torch.relu(gate).square_().mul_(up)
+
+
+def _relu2_mul_backward(grad, gate, up, steps):
+    relu = torch.relu(gate)
+    return grad * up * relu * 2, grad * relu.square()
+
+
+GATINGS = {gating.name: gating for gating in (
+    Gating("silu", lambda gate, up, steps: steps.silu_mul(gate, up),
+           lambda grad, gate, up, steps: steps.silu_mul_backward(grad, gate, up)),
+    Gating("relu2", _relu2_mul, _relu2_mul_backward),
+)}
+
+
+class GateMul(torch.autograd.Function):
+    """The FFN's act(gate) · up, keeping its two inputs (not autograd's three tensors) the
     way the saved-activation knob says: fp32 for `none`, int8 codes for `int8` and `binary`."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, gate, up, keeper, steps):
+    def forward(ctx, gate, up, gating, keeper, steps):
         if any(ctx.needs_input_grad):  # nothing is kept under no_grad (evaluation)
             kept_gate = keeper.keep(gate, steps)
-            ctx.keeper, ctx.steps, ctx.count = keeper, steps, len(kept_gate)
+            ctx.gating, ctx.keeper, ctx.steps, ctx.count = gating, keeper, steps, len(kept_gate)
             ctx.save_for_backward(*kept_gate, *keeper.keep(up, steps))
-        return steps.silu_mul(gate, up)
+        return gating.forward(gate, up, steps)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
@@ -60,28 +87,27 @@ class SiluMul(torch.autograd.Function):
         saved = ctx.saved_tensors
         gate = ctx.keeper.restore(saved[: ctx.count], ctx.steps)
         up = ctx.keeper.restore(saved[ctx.count:], ctx.steps)
-        return *ctx.steps.silu_mul_backward(grad, gate, up), None, None
+        return *ctx.gating.backward(grad, gate, up, ctx.steps), None, None, None
 
 
-class SiluGate(nn.Module):
-    """silu(gate) · up, keeping its inputs for backward as `activation_compression` says."""
+class KeptGate(nn.Module):
+    """act(gate) · up, keeping its inputs for backward as `activation_compression` says."""
 
-    def __init__(self, activation_compression: str, steps: Steps = DEFAULT_STEPS):
+    def __init__(self, gating: Gating, activation_compression: str, steps: Steps = DEFAULT_STEPS):
         super().__init__()
-        self.keeper, self.steps = SAVERS[activation_compression].ffn_keeper, steps
+        self.gating, self.keeper, self.steps = gating, SAVERS[activation_compression].ffn_keeper, steps
         self.activation_compression = activation_compression
 
     def forward(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return SiluMul.apply(gate, up, self.keeper, self.steps)
+        return GateMul.apply(gate, up, self.gating, self.keeper, self.steps)
 
     def extra_repr(self) -> str:
-        return f"saved activations: {self.activation_compression}, {self.steps.name} steps"
+        return f"{self.gating.name}, saved activations: {self.activation_compression}, {self.steps.name} steps"
 
 
 class ActivationGate(nn.Module):
-    """act(gate) · up for an activation other than SiLU (the bitnet block's relu², a
-    pretrained model's), in autograd: it keeps fp32 tensors whatever the saved-activation
-    knob says."""
+    """act(gate) · up for another activation (a pretrained model's), in autograd: it keeps
+    fp32 tensors whatever the saved-activation knob says."""
 
     def __init__(self, act_fn: nn.Module):
         super().__init__()
@@ -114,11 +140,11 @@ class MatryoshkaMLP(nn.Module):
 
 def to_matryoshka(model: nn.Module, depth: int, sparse_k: float, activation_compression: str) -> nn.Module:
     """Wrap every decoder MLP; the checkpoint keys stay those of the architecture's MLP."""
-    silu = model.config.hidden_act == "silu"
+    gating = GATINGS.get(model.config.hidden_act)
     for layer in model.model.layers:
         widths = checked_widths(layer.mlp.down_proj.in_features, depth, sparse_k)
         sparsity = TopK(sparse_k) if sparse_k != 1 else nn.Identity()
-        activation = SiluGate(activation_compression) if silu else ActivationGate(layer.mlp.act_fn)
+        activation = KeptGate(gating, activation_compression) if gating else ActivationGate(layer.mlp.act_fn)
         layer.mlp = MatryoshkaMLP(layer.mlp, widths, sparsity, activation)
     return model
 

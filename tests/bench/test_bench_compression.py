@@ -74,10 +74,10 @@ def test_the_gradient_reference_is_the_model_in_plain_autograd():
     from ryot_ray.model.bitlinear import BitLinear
     from ryot_ray.model.build import build_model
     from ryot_ray.model.compression import plain_autograd
-    from ryot_ray.model.matryoshka import ActivationGate, SiluGate
+    from ryot_ray.model.matryoshka import ActivationGate, KeptGate
     from ryot_ray.model.norm import FusedRMSNorm
 
     model = _plain_autograd(build_model(ModelConfig(preset="tiny"), build_char_tokenizer()))
     kinds = {type(m) for m in model.modules()}
-    assert FusedRMSNorm not in kinds and SiluGate not in kinds and {LlamaRMSNorm, ActivationGate} <= kinds
+    assert FusedRMSNorm not in kinds and KeptGate not in kinds and {LlamaRMSNorm, ActivationGate} <= kinds
     assert all(m.quantized_linear is plain_autograd for m in model.modules() if isinstance(m, BitLinear))

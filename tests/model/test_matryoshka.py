@@ -7,7 +7,7 @@ from native_marks import needs_native
 from ryot_ray.config import ConfigError, ModelConfig
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.model.build import build_model
-from ryot_ray.model.matryoshka import (ActivationGate, MatryoshkaMLP, SiluGate, TopK, ffn_levels, sampled_level,
+from ryot_ray.model.matryoshka import (GATINGS, ActivationGate, KeptGate, MatryoshkaMLP, TopK, ffn_levels, sampled_level,
                                        use_width)
 from ryot_ray.model.steps import NATIVE_STEPS, TORCH_STEPS
 from ryot_ray.model.widths import ffn_widths, kept_activations
@@ -86,22 +86,26 @@ def test_the_width_a_micro_batch_trains_is_shared_and_reproducible():
     assert {sampled_level(0, step, 0, 1) for step in range(10)} == {0}
 
 
-def _gate_gradients(mode: str, steps, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, ...]:
+AUTOGRAD = {"silu": lambda g, u: torch.nn.functional.silu(g) * u, "relu2": lambda g, u: torch.relu(g).square() * u}
+
+
+def _gate_gradients(mode: str, steps, gate: torch.Tensor, up: torch.Tensor, act: str = "silu"):
     gate, up = gate.clone().requires_grad_(), up.clone().requires_grad_()
-    function = SiluGate(mode, steps) if mode else (lambda g, u: torch.nn.functional.silu(g) * u)
+    function = KeptGate(GATINGS[act], mode, steps) if mode else AUTOGRAD[act]
     out = function(gate, up)
     out.square().sum().backward()
     return out, gate.grad, up.grad
 
 
+@pytest.mark.parametrize("act", ["silu", "relu2"])
 @pytest.mark.parametrize("steps", STEPS)
-def test_the_silu_gate_keeps_fewer_bytes_and_its_gradients(steps):
+def test_the_gate_keeps_fewer_bytes_and_its_gradients(steps, act):
     torch.manual_seed(2)
     gate, up = torch.randn(4, 9, 64) * 2, torch.randn(4, 9, 64)
-    want = _gate_gradients("", steps, gate, up)
-    for got, expected in zip(_gate_gradients("none", steps, gate, up), want):
+    want = _gate_gradients("", steps, gate, up, act)
+    for got, expected in zip(_gate_gradients("none", steps, gate, up, act), want):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
-    out, *grads = _gate_gradients("int8", steps, gate, up)
+    out, *grads = _gate_gradients("int8", steps, gate, up, act)
     assert torch.allclose(out, want[0], rtol=1e-5, atol=1e-5)  # the forward is exact
     assert all(0 < _relative(got, expected) < 0.03 for got, expected in zip(grads, want[1:]))
 
@@ -110,10 +114,9 @@ def test_the_silu_gate_keeps_fewer_bytes_and_its_gradients(steps):
         with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.nbytes) or t, lambda t: t):
             function(gate.clone().requires_grad_(), up.clone().requires_grad_())
         return sum(kept)
-    autograd = saved_bytes(lambda g, u: torch.nn.functional.silu(g) * u)
-    assert autograd == 3 * gate.nbytes  # gate, silu(gate), up
-    assert saved_bytes(SiluGate("none", steps)) == 2 * gate.nbytes
-    assert saved_bytes(SiluGate("int8", steps)) == 2 * (gate.numel() + 4 * 4 * 9)
+    assert saved_bytes(AUTOGRAD[act]) >= 3 * gate.nbytes  # gate, act(gate), up (relu²: its relu too)
+    assert saved_bytes(KeptGate(GATINGS[act], "none", steps)) == 2 * gate.nbytes
+    assert saved_bytes(KeptGate(GATINGS[act], "int8", steps)) == 2 * (gate.numel() + 4 * 4 * 9)
 
 
 def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -122,7 +125,9 @@ def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def test_the_gate_is_picked_by_the_model_activation():
     tokenizer = build_char_tokenizer()
-    assert isinstance(build_model(ModelConfig(preset="tiny"), tokenizer).model.layers[0].mlp.activation, SiluGate)
+    assert build_model(ModelConfig(preset="tiny"), tokenizer).model.layers[0].mlp.activation.gating.name == "silu"
+    bitnet = build_model(ModelConfig(preset="tiny", architecture="bitnet"), tokenizer)
+    assert bitnet.model.layers[0].mlp.activation.gating.name == "relu2"
     from ryot_ray.model.build import model_config
 
     gelu = model_config("tiny", tokenizer)
