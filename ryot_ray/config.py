@@ -228,10 +228,9 @@ def _check_compression_knobs(config: Config, source: Path) -> None:
         raise ConfigError(f"{source}: inference.ffn_level: {config.inference.ffn_level} needs model.mrl_depth "
                           f"above it (the model has {model.mrl_depth} nested width(s))")
     _check_tile(config.inference.tile_size, source)
-    if model.architecture == "bitnet":
-        if model.sparse_k != 1:
-            raise ConfigError(f"{source}: model.sparse_k is not built for architecture bitnet yet "
-                              "(it runs on the llama architecture)")
+    if model.architecture == "bitnet" and model.sparse_k != 1:
+        raise ConfigError(f"{source}: model.sparse_k is not built for architecture bitnet yet "
+                          "(it runs on the llama architecture)")
     knobs = (model.mrl_depth > 1, model.sparse_k != 1, model.activation_compression != "none")
     if model.quantization != "bitnet" and any(knobs):
         raise ConfigError(f"{source}: model.mrl_depth, sparse_k and activation_compression are BitNet knobs; "

@@ -115,10 +115,11 @@ def load_pretrained(config: ModelConfig) -> PreTrainedModel:
     model's here); a bitnet model's stored ternary linears as latent weights where the
     BitNet model is built (`quantization: bitnet`), as they compute otherwise."""
     directory = local_copy(config.pretrained)
-    found = AutoConfig.from_pretrained(directory).model_type
-    if found != config.architecture:
-        raise ConfigError(f"model.pretrained: {config.pretrained} is a {found!r} model, not {config.architecture!r}")
-    if found == "bitnet":
+    described = AutoConfig.from_pretrained(directory)
+    if described.model_type != config.architecture:
+        raise ConfigError(f"model.pretrained: {config.pretrained} is a {described.model_type!r} model, "
+                          f"not {config.architecture!r}")
+    if described.model_type == "bitnet":
         return _bitnet(directory, ternary_latents=config.quantization == "bitnet")
-    _ternary_storage(AutoConfig.from_pretrained(directory))  # refuses a quantized Llama
+    _ternary_storage(described)  # refuses a quantized Llama
     return LlamaForCausalLM.from_pretrained(directory, dtype="float32", use_safetensors=True)

@@ -4,9 +4,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, BitNetForCausalLM, LlamaForCausalLM
 from transformers.models.bitnet.modeling_bitnet import BitNetRMSNorm
 
+from ryot_ray.config import ARCHITECTURES as ARCHITECTURE_NAMES
 from ryot_ray.config import MODEL_PRESETS, ModelConfig
 from ryot_ray.model.bitlinear import BareBitLinear, BitLinear
-from ryot_ray.model.build import PRESETS, build_model, exported_config, model_config
+from ryot_ray.model.build import ARCHITECTURES, PRESETS, build_model, exported_config, model_config
 
 
 def linears(model):
@@ -43,8 +44,8 @@ def test_1b_preset_has_tinyllama_shapes(tokenizer):
     assert (config.num_attention_heads, config.num_key_value_heads, config.vocab_size) == (32, 4, 32000)
 
 
-def test_every_preset_the_config_takes_has_shapes():
-    assert tuple(PRESETS) == MODEL_PRESETS
+def test_every_preset_and_architecture_the_config_takes_has_a_builder():
+    assert tuple(PRESETS) == MODEL_PRESETS and tuple(ARCHITECTURES) == ARCHITECTURE_NAMES
 
 
 def test_base_preset_has_25_to_50m_parameters_in_its_decoder_blocks(tokenizer):
