@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 
@@ -89,8 +90,11 @@ def _train_steps(config_dict: dict, variant: str, steps: int, threads: int,
     model = build_model(config.model, build_char_tokenizer()).train()
     optimizer = build_optimizer(model, config)
 
-    def step(batch: dict) -> None:
-        model(**batch).loss.backward()
+    def step(batch: dict, saved: SavedTensors | None = None) -> None:
+        # what the forward keeps for backward (not what a backward recomputes and frees)
+        with saved.hooks() if saved else contextlib.nullcontext():
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -99,8 +103,7 @@ def _train_steps(config_dict: dict, variant: str, steps: int, threads: int,
     saved = SavedTensors()
     for batch in batches[1:]:
         saved.live.clear()
-        with saved.hooks():
-            step(batch)
+        step(batch, saved)
     return peak_rss_mb(), saved.peak / 2**20, reset
 
 
