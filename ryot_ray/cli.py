@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ryot_ray.config import MODEL_PRESETS, ConfigError, load_config
+from ryot_ray.config import GGUF_TYPES, MODEL_PRESETS, ConfigError, load_config
 
 
 def _ray_options(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--threads", type=_integers, metavar="T,...",
                         help="thread counts to measure at, e.g. 2,1 (default: this process's CPUs)")
     decode.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-RSS processes")
-    decode.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary, to run beside ours")
+    decode.add_argument("--llama-bench", type=Path,
+                        help="llama.cpp's llama-bench binary, to run beside ours on --gguf files and on the "
+                        "--checkpoint exported as TQ2_0 and TQ1_0 (whose greedy answers llama-simple, beside "
+                        "it, gives)")
     decode.add_argument("--gguf", type=Path, action="append", default=[],
                         help="a GGUF of the same shapes for --llama-bench (repeatable: TQ2_0, Q8_0, ...)")
     compression = benches.add_parser(
@@ -129,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     imported = commands.add_parser("import", help="a transformers Llama or bitnet checkpoint as a ryot-ray one")
     imported.add_argument("--pretrained", required=True, help="a local directory, or a hub name (online)")
     imported.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint directory to write")
+
+    export = commands.add_parser("export", help="a checkpoint as a GGUF file for llama.cpp (bitnet architecture)")
+    export.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint directory")
+    export.add_argument("--gguf", type=Path, required=True, help="the GGUF file to write")
+    export.add_argument("--type", choices=GGUF_TYPES, help="the linears' format (default: tq2_0 for a BitNet "
+                        "model, f16 for a full-precision one)")
 
     info = commands.add_parser("info", help="CPU features, versions and the Ray cluster")
     _ray_options(info)
@@ -425,8 +434,10 @@ def _bench(args: argparse.Namespace) -> int:
 
         if args.prompt_tokens < 1 or args.new_tokens < 2 or args.ttft_prompt < 1 or args.paths < 1:
             raise ConfigError("--prompt-tokens, --ttft-prompt and --paths must be at least 1, --new-tokens at least 2")
-        if bool(args.llama_bench) != bool(args.gguf):
-            raise ConfigError("--llama-bench and --gguf go together")
+        if args.gguf and not args.llama_bench:
+            raise ConfigError("--gguf files are run by --llama-bench")
+        if args.llama_bench and not (args.gguf or args.checkpoint):
+            raise ConfigError("--llama-bench runs --gguf files or the --checkpoint exported")
         for path in [args.llama_bench, args.checkpoint, *args.gguf]:
             if path is not None and not path.exists():
                 raise ConfigError(f"{path}: no such file or directory")
@@ -581,8 +592,24 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from ryot_ray.infer.export import export_gguf
+    from ryot_ray.train.checkpoint import load_checkpoint
+
+    model, tokenizer, *_ = load_checkpoint(args.checkpoint)
+    tensors = export_gguf(model, tokenizer, args.gguf, args.type)
+    by_type: dict[str, list] = {}
+    for tensor in tensors:
+        by_type.setdefault(tensor.type, []).append(tensor)
+    print(f"wrote {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MB, llama.cpp architecture bitnet)")
+    for kind, group in by_type.items():
+        print(f"  {len(group):>3} {kind:<6} tensors, largest dequantization error "
+              f"{max(t.max_error for t in group):.2e} of the tensor's largest value")
+    return 0
+
+
 COMMANDS = {"tune": _tune, "train": _train, "bench": _bench, "validate": _validate, "generate": _generate,
-            "freeze": _freeze, "import": _import, "info": _info}
+            "freeze": _freeze, "import": _import, "export": _export, "info": _info}
 
 
 def main(argv: list[str] | None = None) -> int:

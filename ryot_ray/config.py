@@ -41,6 +41,8 @@ MAX_MRL_DEPTH = 6
 ACTIVATION_COMPRESSION = ("none", "int8", "binary")
 MODEL_PRESETS = ("tiny", "small", "base", "1b")  # their shapes: ryot_ray.model.build.PRESETS
 ARCHITECTURES = ("llama", "bitnet")  # their builders: ryot_ray.model.build.ARCHITECTURES
+GGUF_TYPES = ("tq2_0", "tq1_0", "q8_0", "f16")  # what `export --gguf` writes linears in (ggml's names)
+FFN_ACTIVATIONS = ("silu", "relu2")  # what the native step's FFN computes (engine.c FFN_*)
 
 
 @dataclass
@@ -77,6 +79,11 @@ class ModelConfig:
     architecture: str = field(default="llama", metadata=_choices(*ARCHITECTURES))
     # bitnet: every decoder linear is a BitLinear (b1.58 QAT); none: the fp32 reference.
     quantization: str = field(default="bitnet", metadata=_choices("bitnet", "none"))
+    # The FFN's gate activation (None: the architecture's own, silu for llama, relu2 for
+    # bitnet) and one matrix for the embeddings and lm_head: llama.cpp's bitnet graph runs
+    # silu with tied embeddings, so a model for `export --gguf` is built that way.
+    ffn_activation: str | None = field(default=None, metadata=_choices(*FFN_ACTIVATIONS))
+    tie_embeddings: bool = False
     # A transformers checkpoint to start from (of `architecture`: a Llama or a bitnet model,
     # its ternary weights as they are): a local directory, or a hub name for users online.
     pretrained: str | None = None
@@ -231,6 +238,10 @@ def _check_compression_knobs(config: Config, source: Path) -> None:
     if model.architecture == "bitnet" and model.sparse_k != 1:
         raise ConfigError(f"{source}: model.sparse_k is not built for architecture bitnet yet "
                           "(it runs on the llama architecture)")
+    shaped = {"ffn_activation": model.ffn_activation is not None, "tie_embeddings": model.tie_embeddings}
+    if model.pretrained and any(shaped.values()):
+        raise ConfigError(f"{source}: model.{', '.join(k for k, v in shaped.items() if v)} shape(s) a model built "
+                          "from a preset; a pretrained model keeps its checkpoint's")
     knobs = (model.mrl_depth > 1, model.sparse_k != 1, model.activation_compression != "none")
     if model.quantization != "bitnet" and any(knobs):
         raise ConfigError(f"{source}: model.mrl_depth, sparse_k and activation_compression are BitNet knobs; "

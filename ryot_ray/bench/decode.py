@@ -32,9 +32,11 @@ import torch
 from torch import nn
 
 from ryot_ray.config import ModelConfig
+from ryot_ray.data.tasks import task_suite
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.infer.deployed import answer_with_file
 from ryot_ray.infer.engine import Engine, SamplingConfig
+from ryot_ray.infer.export import TERNARY_TYPES, export_gguf
 from ryot_ray.infer.freeze import freeze
 from ryot_ray.infer.load import engine_path, native_engine
 from ryot_ray.infer.model_file import FrozenModel
@@ -170,6 +172,50 @@ def llama_cpp(binary: Path, models: list[Path], threads: list[int], prompt_token
     return rows
 
 
+def exported_ternary(checkpoint: Path, directory: Path) -> tuple[dict[str, Path], list[str]]:
+    """The checkpoint as a GGUF file in each ternary format (refused before any timing if
+    llama.cpp cannot run it), and a test prompt of each task and level it was trained on."""
+    model, tokenizer, config, _ = load_checkpoint(checkpoint)
+    files = {}
+    for weight_type in TERNARY_TYPES:
+        files[weight_type] = directory / f"{checkpoint.name}-{weight_type}.gguf"
+        export_gguf(model, tokenizer, files[weight_type], weight_type)
+    data = config.data
+    return files, [p.prompt for p in task_suite(data.families, data.difficulties, "test", 1, config.seed)]
+
+
+def llama_cpp_answer(simple: Path, model: Path, prompt: str, new_tokens: int) -> str:
+    """llama.cpp's greedy answer (`llama-simple`, which prints the prompt, then each piece)."""
+    run = subprocess.run([str(simple), "-m", str(model), "-n", str(new_tokens), prompt], capture_output=True,
+                         text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"llama-simple exited with {run.returncode}")
+    return run.stdout.removesuffix("\n").split(prompt, 1)[1]
+
+
+def greedy_agreement(simple: Path, files: dict[str, Path], frozen: FrozenModel, prompts: list[str],
+                     new_tokens: int) -> list[dict]:
+    """Per exported file and prompt: llama.cpp's greedy answer beside the native step's on
+    the same ternary model, and how many of their first tokens (characters) agree; a run
+    that fails keeps its error and costs only itself."""
+    engine = native_engine(frozen, 1, max(map(len, prompts)) + new_tokens + 2, torch.get_num_threads())
+    ours = {p: engine.generate([p], SamplingConfig(max_new_tokens=new_tokens)).texts[0] for p in prompts}
+    engine.model_step.close()
+    rows = []
+    for weight_type, path in files.items():
+        for prompt in prompts:
+            row = {"type": weight_type, "prompt": prompt, "ryot_ray": ours[prompt]}
+            try:
+                theirs = llama_cpp_answer(simple, path, prompt, new_tokens)
+            except (OSError, RuntimeError) as error:
+                rows.append(row | {"error": str(error)})
+                continue
+            agreed = next((i for i, (a, b) in enumerate(zip(ours[prompt], theirs)) if a != b),
+                          min(len(ours[prompt]), len(theirs)))
+            rows.append(row | {"llama_cpp": theirs, "same": ours[prompt] == theirs, "leading_tokens_agreed": agreed})
+    return rows
+
+
 def bench_threads(threads: int, reference: nn.Module, frozen: dict, files: dict, preset: str, rounds: int,
                   prompt_tokens: int, new_tokens: int, ttft_prompt: int, paths: int, memory: bool) -> dict:
     torch.set_num_threads(threads)
@@ -243,6 +289,7 @@ def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32
               "paths": paths, "rounds": rounds, "engine_path": vars(engine_path()), "native_isas": native_isas(),
               "weights": "trained checkpoint (ternary variants)" if checkpoint else "random", "by_threads": []}
     with tempfile.TemporaryDirectory(prefix="ryot-decode-") as directory:
+        exported, prompts = exported_ternary(checkpoint, Path(directory)) if checkpoint and llama_bench else ({}, [])
         files = {}
         if memory:
             for name in NATIVE:
@@ -251,8 +298,12 @@ def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32
         for count in threads:
             result["by_threads"].append(bench_threads(count, reference, frozen, files, preset, rounds,
                                                       prompt_tokens, new_tokens, ttft_prompt, paths, memory))
-    if llama_bench is not None:
-        result["llama_cpp"] = llama_cpp(llama_bench, list(gguf), threads, prompt_tokens, new_tokens, rounds)
+        if llama_bench is not None:
+            result["llama_cpp"] = llama_cpp(llama_bench, [*gguf, *exported.values()], threads, prompt_tokens,
+                                            new_tokens, rounds)
+        if exported:
+            result["greedy_agreement"] = greedy_agreement(llama_bench.with_name("llama-simple"), exported,
+                                                          frozen["ternary"], prompts, new_tokens)
     result["machine"] = machine_facts()
     return result
 
@@ -295,4 +346,13 @@ def table(result: dict) -> str:
             else:
                 lines.append(f"  {row['model']:<24} {row['threads']} thread(s) {row['test']:<8} "
                              f"{row['tokens_per_s']:.1f} tokens/s")
+    if "greedy_agreement" in result:
+        lines += ["", "greedy answers, llama.cpp (llama-simple) on the exported checkpoint vs the native step:"]
+        for row in result["greedy_agreement"]:
+            if "error" in row:
+                lines.append(f"  {row['type']:<6} {row['prompt']!r}: failed: {row['error']}")
+                continue
+            verdict = "same" if row["same"] else f"first {row['leading_tokens_agreed']} tokens agree"
+            lines.append(f"  {row['type']:<6} {row['prompt']!r}: {verdict} (ryot-ray {row['ryot_ray']!r}, "
+                         f"llama.cpp {row['llama_cpp']!r})")
     return "\n".join(lines)

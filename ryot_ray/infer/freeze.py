@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ryot_ray.config import ARCHITECTURES, FFN_ACTIVATIONS
 from ryot_ray.infer.model_file import FrozenModel
 from ryot_ray.kernels.autotune import load_cache, tile_for, tokens_for
 from ryot_ray.kernels.pack import pack_int8_rows, pack_ternary, pack_ternary_columns
@@ -29,7 +30,6 @@ from ryot_ray.model.matryoshka import MatryoshkaMLP, TopK
 from ryot_ray.model.quantize import EPS, ternarize
 
 
-ARCHITECTURE_ACTIVATIONS = {"llama": "silu", "bitnet": "relu2"}  # the architectures the native step runs
 
 
 class FreezeError(ValueError):
@@ -80,12 +80,12 @@ def _gains(model: PreTrainedModel, index: int) -> dict[str, list[torch.Tensor] |
 
 def _check(model: PreTrainedModel) -> None:
     config = model.config
-    if config.model_type not in ARCHITECTURE_ACTIVATIONS:
-        raise FreezeError(f"the native step runs the {' and '.join(ARCHITECTURE_ACTIVATIONS)} architectures, "
+    if config.model_type not in ARCHITECTURES:
+        raise FreezeError(f"the native step runs the {' and '.join(ARCHITECTURES)} architectures, "
                           f"not {config.model_type!r}")
-    if config.hidden_act != ARCHITECTURE_ACTIVATIONS[config.model_type]:
-        raise FreezeError(f"hidden_act {config.hidden_act!r}: the native step runs {config.model_type} FFNs with "
-                          f"{ARCHITECTURE_ACTIVATIONS[config.model_type]}")
+    if config.hidden_act not in FFN_ACTIVATIONS:
+        raise FreezeError(f"hidden_act {config.hidden_act!r}: the native step's FFN runs "
+                          f"{' or '.join(FFN_ACTIVATIONS)}")
     for index in range(config.num_hidden_layers):
         for name, group in _linears(model, index).items():
             if any(linear.bias is not None for linear in group):
@@ -179,7 +179,7 @@ def freeze(model: PreTrainedModel, tokenizer, rows_per_tile: int | None = None, 
     rotary = model.model.rotary_emb
     arrays["rope.inv_freq"] = _numpy(rotary.inv_freq)
     meta = {
-        "architecture": config.model_type, "ffn_activation": ARCHITECTURE_ACTIVATIONS[config.model_type],
+        "architecture": config.model_type, "ffn_activation": config.hidden_act,
         "weights": "ternary" if bitnet else "fp32",
         "hidden": config.hidden_size, "intermediate": config.intermediate_size,
         "layers": config.num_hidden_layers, "heads": config.num_attention_heads,

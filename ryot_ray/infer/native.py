@@ -13,13 +13,14 @@ import functools
 
 import numpy as np
 
+from ryot_ray.config import FFN_ACTIVATIONS
 from ryot_ray.infer.model_file import FrozenModel
 from ryot_ray.kernels.native import ISAS, isa_number, load, native_isas, required
 from ryot_ray.model.widths import kept_activations
 
 ENGINE_MODULE = "ryot_ray.infer._engine"
 LINEAR_KINDS = {"ternary": 0, "columns": 1, "fp32": 2, "int8": 3}
-FFN_ACTIVATIONS = {"silu": 0, "relu2": 1}  # engine.c's FFN_SILU, FFN_RELU2
+FFN_ACTIVATIONS = {name: code for code, name in enumerate(FFN_ACTIVATIONS)}  # in engine.c's FFN_* order
 KV_FORMATS = {"fp32": 0, "fp16": 1}
 LAYER_LINEARS = ("qkv", "o", "gate_up", "down")
 MAX_ROWS = 128  # rows per step: longer prefills go in chunks of this many

@@ -64,15 +64,19 @@ ARCHITECTURES = {
 }
 
 
-def model_config(preset: str, tokenizer: PreTrainedTokenizerBase, architecture: str = "llama") -> PretrainedConfig:
+def model_config(preset: str, tokenizer: PreTrainedTokenizerBase, architecture: str = "llama",
+                 ffn_activation: str | None = None, tie_embeddings: bool = False) -> PretrainedConfig:
+    """The `transformers` config of a preset (`ffn_activation` None: the architecture's own)."""
     shape = dict(PRESETS[preset])
     vocab_size = max(shape.pop("vocab_size", 0), len(tokenizer))
+    if ffn_activation:
+        shape["hidden_act"] = ffn_activation
     return ARCHITECTURES[architecture].config(
         vocab_size=vocab_size,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
         **shape,
     )
 
@@ -134,7 +138,8 @@ def build_model(
     elif config.pretrained:
         model = load_pretrained(config)
     else:
-        model = architecture.model(model_config(config.preset, tokenizer, config.architecture))
+        model = architecture.model(model_config(config.preset, tokenizer, config.architecture, config.ffn_activation,
+                                                config.tie_embeddings))
     if weights is not None:
         model.load_state_dict(weights)
     compression = config.activation_compression if config.quantization == "bitnet" else "none"

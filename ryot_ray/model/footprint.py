@@ -28,7 +28,8 @@ def parameter_count(config: Config) -> int | None:
         return None
     try:
         shape = (AutoConfig.from_pretrained(Path(pretrained).expanduser()) if pretrained
-                 else model_config(config.model.preset, build_char_tokenizer(), config.model.architecture))
+                 else model_config(config.model.preset, build_char_tokenizer(), config.model.architecture,
+                                   config.model.ffn_activation, config.model.tie_embeddings))
     except (OSError, ValueError) as error:  # a local folder that is not a model
         raise ConfigError(f"model.pretrained: {pretrained}: {error}") from None
     with torch.device("meta"):

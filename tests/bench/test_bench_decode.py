@@ -72,3 +72,33 @@ esac
     assert [(r["model"], r["test"], r.get("tokens_per_s"), r.get("error")) for r in got] == [
         ("m.gguf", "prefill", 100.0, None), ("m.gguf", "decode", 50.0, None),
         ("bad.gguf", "prefill", None, "llama-bench exited with 132"), ("bad.gguf", "decode", 50.0, None)]
+
+
+def test_greedy_answers_are_compared_token_by_token_with_llama_cpps(tmp_path, result):
+    from ryot_ray.bench.decode import greedy_agreement
+    from ryot_ray.infer.engine import SamplingConfig
+    from ryot_ray.infer.load import native_engine
+
+    frozen = frozen_variants("tiny")[1]["ternary"]
+    engine = native_engine(frozen, 1, 32, 1)
+    same, differs = (engine.generate([p], SamplingConfig(max_new_tokens=6)).texts[0] for p in ("rev ab|", "sort 3,1|"))
+    engine.model_step.close()
+    assert len(differs) == 6  # (the seeded random model says no EOS early)
+    third = "#" if differs[2] != "#" else "@"
+    simple = tmp_path / "llama-simple"  # prints the BOS piece, the prompt, each new piece, a newline
+    simple.write_text(f"""#!/bin/sh
+case "$*" in
+  *bad.gguf*) exit 132 ;;
+  *"rev ab|"*) printf '<s>rev ab|%s\\n' '{same}' ;;
+  *) printf '<s>sort 3,1|%s\\n' '{differs[:2] + third + differs[3:]}' ;;
+esac
+""")
+    simple.chmod(simple.stat().st_mode | stat.S_IEXEC)
+    files = {"tq2_0": tmp_path / "m.gguf", "tq1_0": tmp_path / "bad.gguf"}
+    rows = greedy_agreement(simple, files, frozen, ["rev ab|", "sort 3,1|"], 6)
+    assert [(r["type"], r["prompt"], r.get("same"), r.get("leading_tokens_agreed"), r.get("error")) for r in rows] == [
+        ("tq2_0", "rev ab|", True, len(same), None), ("tq2_0", "sort 3,1|", False, 2, None),
+        ("tq1_0", "rev ab|", None, None, "llama-simple exited with 132"),
+        ("tq1_0", "sort 3,1|", None, None, "llama-simple exited with 132")]
+    assert rows[1]["llama_cpp"] == differs[:2] + third + differs[3:] and rows[1]["ryot_ray"] == differs
+    assert "failed: llama-simple exited with 132" in table({**result, "greedy_agreement": rows})
