@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ryot_ray.config import GGUF_TYPES, MODEL_PRESETS, ConfigError, load_config
+from ryot_ray.config import GGUF_TYPES, MODEL_PRESETS, ConfigError, ModelConfig, load_config
 
 
 def _ray_options(parser: argparse.ArgumentParser) -> None:
@@ -202,10 +202,10 @@ def _new_space(path: Path, config: Path | None, samples: int | None, address: st
         space.samples = samples
     check_knobs(space.base.model)
     _check_memory(space.base, address)
-    architecture = space.base.model.architecture
-    _check_deployment(space.base.validate.deploy_preset, "validate.deploy_preset", architecture)
+    model = space.base.model
+    _check_deployment(space.base.validate.deploy_preset, "validate.deploy_preset", model)
     if space.speed_at != "model":
-        _check_deployment(space.speed_at, f"{space.source}: speed_at", architecture, needs_native=True)
+        _check_deployment(space.speed_at, f"{space.source}: speed_at", model, needs_native=True)
     return space
 
 
@@ -336,14 +336,14 @@ def _bench_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_deployment(shape: str | None, where: str, architecture: str, needs_native: bool = False) -> None:
+def _check_deployment(shape: str | None, where: str, model: ModelConfig, needs_native: bool = False) -> None:
     """A deployment shape is known before Ray starts (a bad one is one line, exit 2), and
     so is a missing native step where nothing can stand in for it."""
     if shape:
         from ryot_ray.infer.load import engine_path
         from ryot_ray.validate.deployment import deployment_shape
 
-        deployment_shape(shape, where, architecture)
+        deployment_shape(shape, where, model)
         if needs_native and (path := engine_path()).name != "native":
             raise ConfigError(f"{where}: {shape} is measured by the native step, which cannot run here ({path.reason})")
 
@@ -523,7 +523,7 @@ def _validate(args: argparse.Namespace) -> int:
     if config.model.quantization != "bitnet":
         raise ConfigError(f"{args.checkpoint} holds the fp32 reference ({config.model.quantization!r}); validate takes "
                           "a BitNet checkpoint (give the reference as --reference)")
-    _check_deployment(config.validate.deploy_preset, "validate.deploy_preset", config.model.architecture)
+    _check_deployment(config.validate.deploy_preset, "validate.deploy_preset", config.model)
     if args.reference is not None:
         _inference_config(args.reference, [])
     targets = load_phase1(args.phase1)
@@ -593,17 +593,17 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ryot_ray.infer.export import export_gguf
+    from ryot_ray.infer.export import INPUT_ROUNDING, export_gguf
     from ryot_ray.train.checkpoint import load_checkpoint
 
     model, tokenizer, *_ = load_checkpoint(args.checkpoint)
     tensors = export_gguf(model, tokenizer, args.gguf, args.type)
-    by_type: dict[str, list] = {}
-    for tensor in tensors:
-        by_type.setdefault(tensor.type, []).append(tensor)
     print(f"wrote {args.gguf} ({args.gguf.stat().st_size / 2**20:.1f} MB, llama.cpp architecture bitnet)")
-    for kind, group in by_type.items():
-        print(f"  {len(group):>3} {kind:<6} tensors, largest dequantization error "
+    for kind in dict.fromkeys(t.type for t in tensors):
+        group = [t for t in tensors if t.type == kind]
+        linears = sum(t.ternary for t in group)
+        rounding = f"; {linears} ternary linears, inputs rounded to {INPUT_ROUNDING[kind]}" if linears else ""
+        print(f"  {len(group):>3} {kind:<6} tensors{rounding}; largest dequantization error "
               f"{max(t.max_error for t in group):.2e} of the tensor's largest value")
     return 0
 

@@ -36,7 +36,7 @@ from ryot_ray.data.tasks import task_suite
 from ryot_ray.data.tokenizer import build_char_tokenizer
 from ryot_ray.infer.deployed import answer_with_file
 from ryot_ray.infer.engine import Engine, SamplingConfig
-from ryot_ray.infer.export import TERNARY_TYPES, export_gguf
+from ryot_ray.infer.export import TERNARY_TYPES, ExportError, export_gguf
 from ryot_ray.infer.freeze import freeze
 from ryot_ray.infer.load import engine_path, native_engine
 from ryot_ray.infer.model_file import FrozenModel
@@ -187,10 +187,13 @@ def exported_ternary(checkpoint: Path, directory: Path) -> tuple[dict[str, Path]
 def llama_cpp_answer(simple: Path, model: Path, prompt: str, new_tokens: int) -> str:
     """llama.cpp's greedy answer (`llama-simple`, which prints the prompt, then each piece)."""
     run = subprocess.run([str(simple), "-m", str(model), "-n", str(new_tokens), prompt], capture_output=True,
-                         text=True)
+                         text=True, errors="replace")
     if run.returncode != 0:
         raise RuntimeError(f"llama-simple exited with {run.returncode}")
-    return run.stdout.removesuffix("\n").split(prompt, 1)[1]
+    printed = run.stdout.removesuffix("\n")
+    if prompt not in printed:  # it drops characters its vocabulary lacks; ours reads them as <unk>
+        raise RuntimeError("llama-simple printed another prompt than it was given")
+    return printed.split(prompt, 1)[1]
 
 
 def greedy_agreement(simple: Path, files: dict[str, Path], frozen: FrozenModel, prompts: list[str],
@@ -289,7 +292,14 @@ def bench_decode(preset: str = "small", rounds: int = 3, prompt_tokens: int = 32
               "paths": paths, "rounds": rounds, "engine_path": vars(engine_path()), "native_isas": native_isas(),
               "weights": "trained checkpoint (ternary variants)" if checkpoint else "random", "by_threads": []}
     with tempfile.TemporaryDirectory(prefix="ryot-decode-") as directory:
-        exported, prompts = exported_ternary(checkpoint, Path(directory)) if checkpoint and llama_bench else ({}, [])
+        exported, prompts = {}, []
+        if checkpoint and llama_bench:
+            try:
+                exported, prompts = exported_ternary(checkpoint, Path(directory))
+            except ExportError as error:
+                if not gguf:  # nothing else for llama-bench to run
+                    raise
+                result["llama_cpp_export"] = f"not exported: {error}"
         files = {}
         if memory:
             for name in NATIVE:
@@ -340,6 +350,8 @@ def table(result: dict) -> str:
             lines.append(f"{name} peak RSS / reference peak RSS: {fraction:.3f}")
     if "llama_cpp" in result:
         lines += ["", "llama.cpp (llama-bench, same machine, run just after):"]
+        if "llama_cpp_export" in result:
+            lines.append(f"  the checkpoint: {result['llama_cpp_export']}")
         for row in result["llama_cpp"]:
             if "error" in row:
                 lines.append(f"  {row['model']:<24} {row['test']:<8} failed: {row['error']}")

@@ -16,6 +16,7 @@ The file is written with the `gguf` package, llama.cpp's own.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ryot_ray.config import GGUF_TYPES, ConfigError
 from ryot_ray.model.bitlinear import BitLinear
 
-TERNARY_TYPES = ("tq2_0", "tq1_0")
+TERNARY_TYPES = tuple(t for t in GGUF_TYPES if t.startswith("tq"))
 T = gguf.MODEL_TENSOR
 # the names of transformers' BitNetForCausalLM (and ours) as llama.cpp's bitnet graph names them
 MODEL_TENSORS = {"model.embed_tokens": T.TOKEN_EMBD, "model.norm": T.OUTPUT_NORM}
@@ -38,6 +39,10 @@ BLOCK_TENSORS = {
     "post_attention_layernorm": T.FFN_NORM, "mlp.gate_proj": T.FFN_GATE, "mlp.up_proj": T.FFN_UP,
     "mlp.ffn_sub_norm": T.FFN_SUB_NORM, "mlp.down_proj": T.FFN_DOWN,
 }
+# what llama.cpp rounds a linear's input to before multiplying by weights of each format
+# (ours: 8-bit per token), so what a fallback format changes
+INPUT_ROUNDING = {"TQ2_0": "8-bit blocks of 256", "TQ1_0": "8-bit blocks of 256", "Q8_0": "8-bit blocks of 32",
+                  "F16": "f16, not 8 bits"}
 # llama.cpp's BPE reader requires merges; this one pairs two special tokens, which no
 # byte-level word holds, so none applies and every character stays one token
 NO_MERGE = "<s> </s>"
@@ -52,6 +57,7 @@ class ExportedTensor:
     name: str  # the GGUF name
     type: str  # GGML type name
     shape: tuple[int, ...]  # rows, columns as torch has them
+    ternary: bool  # a ternary linear of the model
     max_error: float  # of the dequantized values, relative to the largest magnitude
 
 
@@ -71,10 +77,10 @@ def check_exportable(model: PreTrainedModel, weight_type: str) -> None:
                           "(train with model.architecture: bitnet, ffn_activation: silu, tie_embeddings: true)")
     if config.hidden_act != "silu":
         raise ExportError(f"ffn_activation {config.hidden_act!r}: llama.cpp's bitnet graph runs its FFN gate in silu "
-                          "(train with model.ffn_activation: silu)")
+                          "(a model trained with model.ffn_activation: silu)")
     if model.lm_head.weight is not model.model.embed_tokens.weight:
         raise ExportError("untied embeddings: llama.cpp's bitnet graph computes logits with the token embeddings "
-                          "(train with model.tie_embeddings: true)")
+                          "(a model trained with model.tie_embeddings: true)")
     if any(isinstance(m, torch.nn.Linear) and m.bias is not None for m in model.model.layers.modules()):
         raise ExportError("linears with a bias: llama.cpp's bitnet graph has none")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -88,15 +94,18 @@ def check_exportable(model: PreTrainedModel, weight_type: str) -> None:
                           "(q8_0 or f16)")
 
 
-def _weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """Every tensor as the model computes with it: a BitLinear's weight ternarized, full width."""
-    weights = {name: tensor.detach().float() for name, tensor in model.state_dict().items()}
-    for name, module in model.named_modules():
-        if isinstance(module, BitLinear):
-            codes, scale = module.ternary_weight()
-            weights[f"{name}.weight"] = codes.float() * scale
-    weights.pop("lm_head.weight", None)  # tied: llama.cpp reads token_embd
-    return weights
+def _weights(model: PreTrainedModel) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    """(name, tensor as the model computes with it, ternary?) for every tensor, one at a
+    time (a BitLinear's weight ternarized, full width); not lm_head, which is tied."""
+    ternary = {f"{name}.weight": module for name, module in model.named_modules() if isinstance(module, BitLinear)}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if name in ternary:
+            codes, scale = ternary[name].ternary_weight()
+            yield name, codes.float() * scale, True
+        else:
+            yield name, tensor.detach().float(), False
 
 
 def gguf_name(name: str) -> str:
@@ -164,10 +173,10 @@ def export_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        partial.replace(path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    partial.replace(path)
     return exported
 
 
@@ -201,15 +210,14 @@ def _add_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, 
 
 
 def _add_tensors(writer: gguf.GGUFWriter, model: PreTrainedModel, weight_type: str) -> list[ExportedTensor]:
-    ternary = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, BitLinear)}
     exported = []
-    for name, weight in _weights(model).items():
+    for name, weight, ternary in _weights(model):
         array, target = weight.numpy(), gguf_name(name)
-        kind = _tensor_type(weight_type, name in ternary, target, array.shape[-1])
+        kind = _tensor_type(weight_type, ternary, target, array.shape[-1])
         ggml_type = gguf.GGMLQuantizationType[kind.upper()]
         data = gguf.quants.quantize(array, ggml_type)
         writer.add_tensor(target, data, raw_dtype=ggml_type)
         error = np.abs(gguf.quants.dequantize(data, ggml_type).reshape(array.shape) - array).max()
-        exported.append(ExportedTensor(target, ggml_type.name, tuple(array.shape),
+        exported.append(ExportedTensor(target, ggml_type.name, tuple(array.shape), ternary,
                                        float(error / max(np.abs(array).max(), 1e-30))))
     return exported

@@ -13,14 +13,13 @@ import functools
 
 import numpy as np
 
-from ryot_ray.config import FFN_ACTIVATIONS
 from ryot_ray.infer.model_file import FrozenModel
 from ryot_ray.kernels.native import ISAS, isa_number, load, native_isas, required
 from ryot_ray.model.widths import kept_activations
 
 ENGINE_MODULE = "ryot_ray.infer._engine"
 LINEAR_KINDS = {"ternary": 0, "columns": 1, "fp32": 2, "int8": 3}
-FFN_ACTIVATIONS = {name: code for code, name in enumerate(FFN_ACTIVATIONS)}  # in engine.c's FFN_* order
+FFN_CODES = {"silu": 0, "relu2": 1}  # engine.c's FFN_SILU, FFN_RELU2; the names are config.FFN_ACTIVATIONS
 KV_FORMATS = {"fp32": 0, "fp16": 1}
 LAYER_LINEARS = ("qkv", "o", "gate_up", "down")
 MAX_ROWS = 128  # rows per step: longer prefills go in chunks of this many
@@ -97,7 +96,7 @@ class NativeModel:
             hidden=meta["hidden"], intermediate=meta["intermediate"], layers=meta["layers"], heads=meta["heads"],
             kv_heads=meta["kv_heads"], head_dim=meta["head_dim"], vocab=meta["vocab"],
             positions=meta["max_positions"], norm_eps=meta["norm_eps"], subln_eps=meta["subln_eps"],
-            ffn_activation=FFN_ACTIVATIONS[meta.get("ffn_activation", "silu")],
+            ffn_activation=FFN_CODES[meta.get("ffn_activation", "silu")],
             embed_int8=meta["embeddings"] == "int8", embed=_pointer(arrays["embed.weight"]),
             embed_scale=_pointer(arrays.get("embed.scale")), final_norm=_pointer(arrays["final_norm"]),
             rope_cos=_pointer(self.cos), rope_sin=_pointer(self.sin), head=self._linear("head", meta["linears"]["head"]),

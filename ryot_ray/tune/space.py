@@ -114,6 +114,9 @@ def _knob(source: str, name: Any, spec: Any, base: Config) -> Knob:
     return Knob(key, kind, values)
 
 
+SHAPE_KNOBS = ("model.ffn_activation", "model.tie_embeddings")  # the reference's shape too
+
+
 def load_space(path: str | Path, config_path: str | Path | None = None) -> SearchSpace:
     """Read and check a search space; `config_path` replaces the space's `config`."""
     path = shipped(path)
@@ -156,6 +159,10 @@ def load_space(path: str | Path, config_path: str | Path | None = None) -> Searc
     if searched_data:
         _fail(source, f"space.{searched_data}", "data.* can only be a constant: every trial and the reference "
               "answer the same problems")
+    searched_shape = next((k.key for k in knobs if k.key in SHAPE_KNOBS and k.kind != "constant"), None)
+    if searched_shape:
+        _fail(source, f"space.{searched_shape}", "can only be a constant: the reference (and the weights a "
+              "trial starts from) has one FFN gate and one embedding layout")
     constants = [f"{k.key}={json.dumps(k.values[0])}" for k in knobs if k.kind == "constant"]
     base = with_overrides(base, constants, source)  # constants hold for the reference too
     knobs = [k for k in knobs if k.kind != "constant"]

@@ -41,12 +41,14 @@ PROMPT_TOKENS = 128  # the prompt TTFT is judged at
 NEW_TOKENS = 64  # tokens per timed answer
 
 
-def deployment_shape(name: str, where: str = "validate.deploy_preset", architecture: str = "llama") -> PretrainedConfig:
-    """A preset's shape in `architecture`, or a local `transformers` config of it (a
-    config.json or its directory; nothing is downloaded); `where` names the setting in
-    errors."""
+def deployment_shape(name: str, where: str = "validate.deploy_preset",
+                     model: ModelConfig = ModelConfig()) -> PretrainedConfig:
+    """A preset's shape in the model's architecture (its FFN gate and tying), or a local
+    `transformers` config of it (a config.json or its directory; nothing is downloaded);
+    `where` names the setting in errors."""
+    architecture = model.architecture
     if name in PRESETS:
-        return model_config(name, build_char_tokenizer(), architecture)
+        return model_config(name, build_char_tokenizer(), architecture, model.ffn_activation, model.tie_embeddings)
     path = Path(name).expanduser()
     if not path.exists():
         raise ConfigError(f"{where}: {name!r} is neither a preset ({', '.join(PRESETS)}) "
@@ -94,10 +96,11 @@ def decode_step_times(config: Config, preset: str, threads: int, spread_goal: fl
     known within `spread_goal` or `budget_s` is spent. Measured once per process and knobs:
     speed at a fixed shape does not change as a trial trains."""
     inference = config.inference
-    key = (preset, config.seed, config.model.mrl_depth, config.model.sparse_k, inference.tile_size,
+    key = (preset, config.seed, config.model.architecture, config.model.ffn_activation, config.model.tie_embeddings,
+           config.model.mrl_depth, config.model.sparse_k, inference.tile_size,
            inference.int8_embeddings, inference.kv_cache, inference.ffn_level, inference.rlvr_paths, threads)
     if key not in _step_times:
-        frozen = frozen_pair(config, deployment_shape(preset, architecture=config.model.architecture))
+        frozen = frozen_pair(config, deployment_shape(preset, model=config.model))
         counts = range(1, max(inference.rlvr_paths, 1) + 1)
         max_length = TRIAL_PROMPT_TOKENS + TRIAL_STEPS + 2
         optimized = native_engine(frozen["optimized"], counts[-1], max_length, threads, inference.kv_cache)
@@ -137,7 +140,7 @@ def forced_work_speedups(times: dict, work: list[tuple[int, int]]) -> list[float
 def measure_deployment(config: Config, preset: str, targets: Phase1Targets, retention: float | None,
                        token_ratio: float | None, rounds: int, memory: bool) -> dict:
     started = time.perf_counter()
-    shape = deployment_shape(preset, architecture=config.model.architecture)
+    shape = deployment_shape(preset, model=config.model)
     frozen = frozen_pair(config, shape)
     inference = config.inference
     paths = max(inference.rlvr_paths, 1)
@@ -188,7 +191,7 @@ def measure_deployment(config: Config, preset: str, targets: Phase1Targets, rete
         "shape": preset,
         "architecture": {key: getattr(shape, key) for key in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                                "num_attention_heads", "num_key_value_heads",
-                                                               "vocab_size")},
+                                                               "vocab_size", "hidden_act", "tie_word_embeddings")},
         "weights": "random (speed does not depend on trained values); accuracy is the trained model's",
         "prompt_tokens": PROMPT_TOKENS,
         "new_tokens": NEW_TOKENS,

@@ -83,22 +83,50 @@ def test_greedy_answers_are_compared_token_by_token_with_llama_cpps(tmp_path, re
     engine = native_engine(frozen, 1, 32, 1)
     same, differs = (engine.generate([p], SamplingConfig(max_new_tokens=6)).texts[0] for p in ("rev ab|", "sort 3,1|"))
     engine.model_step.close()
-    assert len(differs) == 6  # (the seeded random model says no EOS early)
-    third = "#" if differs[2] != "#" else "@"
-    simple = tmp_path / "llama-simple"  # prints the BOS piece, the prompt, each new piece, a newline
+    assert len(differs) >= 3  # (the seeded random model says no EOS early)
+    changed = differs[:2] + ("#" if differs[2] != "#" else "@") + differs[3:]
+    # llama-simple prints the BOS piece, the prompt, each new piece and a newline
+    (tmp_path / "same.txt").write_text(f"<s>rev ab|{same}\n")
+    (tmp_path / "differs.txt").write_text(f"<s>sort 3,1|{changed}\n")
+    (tmp_path / "dropped.txt").write_text(f"<s>sort 31|{differs}\n")  # a character its vocabulary lacks
+    simple = tmp_path / "llama-simple"
     simple.write_text(f"""#!/bin/sh
 case "$*" in
   *bad.gguf*) exit 132 ;;
-  *"rev ab|"*) printf '<s>rev ab|%s\\n' '{same}' ;;
-  *) printf '<s>sort 3,1|%s\\n' '{differs[:2] + third + differs[3:]}' ;;
+  *unknown.gguf*) cat {tmp_path}/dropped.txt ;;
+  *"rev ab|"*) cat {tmp_path}/same.txt ;;
+  *) cat {tmp_path}/differs.txt ;;
 esac
 """)
     simple.chmod(simple.stat().st_mode | stat.S_IEXEC)
-    files = {"tq2_0": tmp_path / "m.gguf", "tq1_0": tmp_path / "bad.gguf"}
+    files = {"tq2_0": tmp_path / "m.gguf", "tq1_0": tmp_path / "bad.gguf", "q8_0": tmp_path / "unknown.gguf"}
     rows = greedy_agreement(simple, files, frozen, ["rev ab|", "sort 3,1|"], 6)
-    assert [(r["type"], r["prompt"], r.get("same"), r.get("leading_tokens_agreed"), r.get("error")) for r in rows] == [
-        ("tq2_0", "rev ab|", True, len(same), None), ("tq2_0", "sort 3,1|", False, 2, None),
-        ("tq1_0", "rev ab|", None, None, "llama-simple exited with 132"),
-        ("tq1_0", "sort 3,1|", None, None, "llama-simple exited with 132")]
-    assert rows[1]["llama_cpp"] == differs[:2] + third + differs[3:] and rows[1]["ryot_ray"] == differs
+    assert [(r["type"], r.get("same"), r.get("leading_tokens_agreed"), r.get("error")) for r in rows] == [
+        ("tq2_0", True, len(same), None), ("tq2_0", False, 2, None),
+        ("tq1_0", None, None, "llama-simple exited with 132"), ("tq1_0", None, None, "llama-simple exited with 132"),
+        ("q8_0", None, None, "llama-simple printed another prompt than it was given"),
+        ("q8_0", None, None, "llama-simple printed another prompt than it was given")]
+    assert rows[1]["llama_cpp"] == changed and rows[1]["ryot_ray"] == differs
     assert "failed: llama-simple exited with 132" in table({**result, "greedy_agreement": rows})
+
+
+def test_a_checkpoint_is_exported_in_both_ternary_formats_or_refused_before_timing(tmp_path, smoke_config,
+                                                                                 tokenizer):
+    import dataclasses
+
+    from ryot_ray.bench.decode import exported_ternary
+    from ryot_ray.infer.export import ExportError
+    from ryot_ray.model.build import build_model
+    from ryot_ray.train.checkpoint import TrainingState, save_checkpoint
+
+    for name, shape in (("gguf", dict(architecture="bitnet", ffn_activation="silu", tie_embeddings=True)),
+                        ("llama", {})):
+        config = dataclasses.replace(smoke_config, model=dataclasses.replace(smoke_config.model, **shape))
+        save_checkpoint(tmp_path / name, build_model(config.model, tokenizer), tokenizer, config, TrainingState())
+    files, prompts = exported_ternary(tmp_path / "gguf", tmp_path)
+    assert {k: v.name for k, v in files.items()} == {"tq2_0": "gguf-tq2_0.gguf", "tq1_0": "gguf-tq1_0.gguf"}
+    assert all(path.stat().st_size > 0 for path in files.values())
+    data = smoke_config.data
+    assert len(prompts) == len(data.families) * len(data.difficulties) and prompts[0].endswith("|")
+    with pytest.raises(ExportError, match="a 'llama' model"):
+        exported_ternary(tmp_path / "llama", tmp_path)

@@ -191,3 +191,9 @@ def test_a_bitnet_block_and_its_fp32_reference_compute_the_models_logits(tokeniz
         want = torch_logits(model, ids)
         assert_same_logits(native_logits(step, ids), want)
         assert_same_logits(native_logits(step, ids, slot=1, one_by_one=True), want)
+
+
+def test_the_engine_has_a_code_for_every_ffn_activation_the_config_takes():
+    from ryot_ray.config import FFN_ACTIVATIONS
+
+    assert set(native.FFN_CODES) == set(FFN_ACTIVATIONS)  # each computed as its own in the bitnet block test

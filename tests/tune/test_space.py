@@ -58,6 +58,7 @@ BAD = [
     ("measure_problems: 0\nspace:\n  sparse_k: 0.5\n", "measure_problems: expected a whole number >= 1"),
     ("search: optuna\nspace:\n  sparse_k: {grid: [1.0, 0.5]}\n", "search: optuna cannot search a grid"),
     ("space:\n  data.train_per_level: {choice: [100, 200]}\n", "data.* can only be a constant"),
+    ("space:\n  model.tie_embeddings: {choice: [true, false]}\n", "space.model.tie_embeddings: can only be a constant"),
     ("start_from: tinyllama\nspace:\n  sparse_k: 0.5\n", "start_from: 'tinyllama' is not one of scratch, reference"),
     ("speed_at: 7\nspace:\n  sparse_k: 0.5\n", "speed_at: expected model, a preset or a transformers config"),
 ]

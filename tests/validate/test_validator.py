@@ -125,3 +125,13 @@ def test_without_the_native_step_the_deployment_shape_is_reported_not_measured(t
     assert report["kernel_path"]["name"] == "torch"  # the model's own forward answered
     assert report["deployment"]["shape"] == "tiny"
     assert report["deployment"]["not_measured"].startswith("the native step cannot run here")
+
+
+def test_the_deployment_shape_is_the_models_architecture_gate_and_tying():
+    from ryot_ray.config import ModelConfig
+    from ryot_ray.validate.deployment import deployment_shape
+
+    shape = deployment_shape("1b", model=ModelConfig(architecture="bitnet", ffn_activation="silu", tie_embeddings=True))
+    assert (shape.model_type, shape.hidden_act, shape.tie_word_embeddings, shape.hidden_size) == (
+        "bitnet", "silu", True, 2048)
+    assert (deployment_shape("1b").model_type, deployment_shape("1b").hidden_act) == ("llama", "silu")
