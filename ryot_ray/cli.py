@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--resume", metavar="EXPERIMENT", help="continue results/EXPERIMENT")
     tune.add_argument("--config", type=Path, help="run config every trial starts from (default: the space's)")
     tune.add_argument("--samples", type=int, help="trials to sample (default: the space's)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override the run config every trial and the reference start from, e.g. "
+                      "model.architecture=bitnet")
     tune.add_argument("--name", help="experiment name (default: tune and a timestamp)")
     tune.add_argument("--phase1", type=Path, default=Path("configs/phase1_baselines.yaml"))
     tune.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the final validation's timings")
@@ -190,12 +193,12 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_space(path: Path, config: Path | None, samples: int | None, address: str | None):
+def _new_space(path: Path, config: Path | None, overrides: list[str], samples: int | None, address: str | None):
     """A search space checked as far as it can be before Ray starts."""
     from ryot_ray.model.build import check_knobs
     from ryot_ray.tune.space import load_space
 
-    space = load_space(path, config)
+    space = load_space(path, config, overrides)
     if samples is not None:
         if samples < 1:
             raise ConfigError("--samples must be at least 1")
@@ -215,12 +218,13 @@ def _tune(args: argparse.Namespace) -> int:
     from ryot_ray.tune.space import SPACE_FILE, load_space, save_space
 
     if args.resume:
-        if args.config is not None or args.samples is not None:
-            raise ConfigError("--resume continues an experiment as it was started; drop --config and --samples")
+        if args.config is not None or args.samples is not None or args.overrides:
+            raise ConfigError("--resume continues an experiment as it was started; drop --config, --samples "
+                              "and --set")
         directory = experiment_dir(args.results_dir, args.resume, resume=True)
         space = load_space(directory / SPACE_FILE, directory / CONFIG_FILE)
     else:
-        space = _new_space(args.space, args.config, args.samples, args.address)
+        space = _new_space(args.space, args.config, args.overrides, args.samples, args.address)
         directory = experiment_dir(args.results_dir, args.name or f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                                    resume=False)
     targets = load_phase1(args.phase1)
@@ -309,7 +313,7 @@ def _measurement(space):
 
 
 def _bench_tune(args: argparse.Namespace) -> int:
-    space = _new_space(args.space, None, args.samples, args.address)
+    space = _new_space(args.space, None, [], args.samples, args.address)
     if args.repeats < 1:
         raise ConfigError("--repeats must be at least 1")
 

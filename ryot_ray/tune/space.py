@@ -117,15 +117,16 @@ def _knob(source: str, name: Any, spec: Any, base: Config) -> Knob:
 SHAPE_KNOBS = ("model.ffn_activation", "model.tie_embeddings")  # the reference's shape too
 
 
-def load_space(path: str | Path, config_path: str | Path | None = None) -> SearchSpace:
-    """Read and check a search space; `config_path` replaces the space's `config`."""
+def load_space(path: str | Path, config_path: str | Path | None = None, overrides: list[str] = ()) -> SearchSpace:
+    """Read and check a search space; `config_path` replaces the space's `config`, and
+    `overrides` (`key=value`) change it."""
     path = shipped(path)
     source = str(path)
     data = read_yaml(path)
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
         _fail(source, unknown[0], f"unknown key (allowed: {', '.join(TOP_LEVEL)})")
-    base = load_config(config_path or data.get("config", "configs/default.yaml"))
+    base = load_config(config_path or data.get("config", "configs/default.yaml"), list(overrides))
     space = data.get("space")
     if not isinstance(space, dict) or not space:
         _fail(source, "space", "expected a mapping of knobs to distributions")

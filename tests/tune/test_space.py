@@ -24,10 +24,19 @@ def test_constants_go_into_the_base_config_the_reference_shares(tmp_path):
     assert [knob.key for knob in space.knobs] == ["inference.rlvr_paths"]
 
 
+def test_overrides_change_the_base_config_and_every_knob_is_checked_against_it():
+    shape = ["model.architecture=bitnet", "model.ffn_activation=silu", "model.tie_embeddings=true"]
+    space = load_space(REPO / "search_spaces/smoke.yaml", None, shape)
+    model = space.base.model
+    assert (model.architecture, model.ffn_activation, model.tie_embeddings) == ("bitnet", "silu", True)
+    with pytest.raises(ConfigError, match="space.sparse_k = 0.5: .*model.sparse_k is not built for architecture bitnet"):
+        load_space(REPO / "search_spaces/default.yaml", None, shape)
+
+
 def test_saved_space_reloads_as_it_ran(tmp_path):
     from ryot_ray.tune.space import SPACE_FILE, save_space
 
-    space = load_space(REPO / "search_spaces/smoke.yaml", REPO / "configs/smoke.yaml")
+    space = load_space(REPO / "search_spaces/smoke.yaml", REPO / "configs/smoke.yaml", ["model.tie_embeddings=true"])
     space.samples = 5
     save_space(space, tmp_path / "experiment")
     again = load_space(tmp_path / "experiment" / SPACE_FILE)
