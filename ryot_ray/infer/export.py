@@ -6,11 +6,12 @@ matrix. A model of `model.architecture: bitnet` built with `ffn_activation: silu
 `tie_embeddings: true` is that graph, so its file computes what the model computes; other
 models are refused, naming what differs. The ternary linears are written as the
 ternarized weights (codes · scale), which TQ2_0 / TQ1_0 hold exactly but for the scale
-in fp16; a row those formats cannot block (a multiple of 256) falls back to Q8_0 (or f16
-where Q8_0's blocks of 32 do not divide it either), which hold ternary values as exactly. Activations are llama.cpp's own (8-bit blocks of
-256 rather than per token), so logits differ a little; `bench decode --llama-bench`
-compares greedy answers. A model with nested FFN widths is written at its full width.
-The file is written with the `gguf` package, llama.cpp's own.
+in fp16; a row those formats cannot block (a multiple of 256) falls back to Q8_0 (or to
+f16 where Q8_0's blocks of 32 do not divide it either), which hold ternary values as
+exactly. The linears' inputs are rounded as llama.cpp rounds them for each format
+(`INPUT_ROUNDING`), not per token as ours are, so logits differ a little; `bench decode
+--llama-bench` compares greedy answers. A model with nested FFN widths is written at its
+full width. The file is written with the `gguf` package, llama.cpp's own.
 """
 
 from __future__ import annotations

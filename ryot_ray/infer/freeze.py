@@ -30,8 +30,6 @@ from ryot_ray.model.matryoshka import MatryoshkaMLP, TopK
 from ryot_ray.model.quantize import EPS, ternarize
 
 
-
-
 class FreezeError(ValueError):
     """A model the native step cannot run; the message names what."""
 

@@ -126,7 +126,7 @@ def load_space(path: str | Path, config_path: str | Path | None = None, override
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
         _fail(source, unknown[0], f"unknown key (allowed: {', '.join(TOP_LEVEL)})")
-    base = load_config(config_path or data.get("config", "configs/default.yaml"), list(overrides))
+    base = load_config(config_path or data.get("config", "configs/default.yaml"), overrides)
     space = data.get("space")
     if not isinstance(space, dict) or not space:
         _fail(source, "space", "expected a mapping of knobs to distributions")
